@@ -1,0 +1,100 @@
+"""The FastAPI application: ``create_app()`` wires routes, errors and middleware; ``lifespan``
+builds every connection (engine, Redis, Celery producer, the pub/sub hub) and closes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from celery import Celery
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import errors, metrics
+from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.pubsub import Hub
+from api.realtime import ConnectionManager, close_on_signals
+from api.routes import auth, bookings, events, health, ws
+from common.bookings.signals import signal_event
+from common.db import build_engine, build_sessionmaker
+from common.redis_client import build_async_redis, build_redis
+from common.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_task_sender(settings: Settings) -> Celery:
+    """A producer-only Celery client: the API sends tasks by name and imports nothing of
+    ``worker/``; the worker's Celery app is the only one that registers tasks."""
+    client = Celery("ebs-api", set_as_current=False)
+    client.config_from_object("celeryconfig")
+    client.conf.broker_url = settings.REDIS_URL
+    return client
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    state = app.state
+    state.engine = build_engine(settings)
+    state.session_factory = build_sessionmaker(state.engine)
+    state.redis = build_redis(settings)
+    state.aredis = build_async_redis(settings)
+    state.celery = build_task_sender(settings)
+    state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
+    state.hub = Hub(state.aredis)
+    state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
+    state.hub.add_listener(state.realtime.dispatch)
+    await state.hub.start()
+    restore_signals = close_on_signals(state.realtime)
+    try:
+        yield
+    finally:
+        restore_signals()
+        await state.realtime.close_all()
+        await state.hub.stop()
+        # Bounded for the same redis-py stall as the Hub's subscription (see close_pubsub).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await state.aredis.aclose()
+        state.redis.close()
+        state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Event Booking System",
+        version="0.1.0",
+        description=(
+            "Task-queue backed event booking. Booking and cancellation requests are stored, "
+            "answered with 202 and decided by workers; poll, send `Prefer: wait=N`, or listen "
+            "on the WebSocket at `/ws`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for router in (health.router, auth.router, events.router, bookings.router, metrics.router):
+        app.include_router(router)
+    app.include_router(ws.router)
+    if settings.ENABLE_SYNC_BASELINE:
+        from api.routes import baseline  # benchmark aid only; Settings refuses it in production
+
+        app.include_router(baseline.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.CORS_ORIGINS,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
+        expose_headers=["Location", "Preference-Applied", "X-Request-ID", "Retry-After"],
+    )
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    # Outermost, so its timing and status cover every other layer (413s, CORS, errors).
+    app.add_middleware(metrics.MetricsMiddleware)
+    return app

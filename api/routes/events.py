@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from api.deps import CurrentUser, SessionDep
+from api.envelope import Envelope, error_responses, ok
+from common.events import service
+from common.events.schemas import EventCreate, EventPage, EventRead, EventUpdate
+
+router = APIRouter(prefix="/api/events", tags=["events"])
+
+
+@router.get("", response_model=Envelope[EventPage], responses=error_responses(400))
+def list_events(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    upcoming: bool = False,
+    q: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict:
+    """Public list, soonest first; ``upcoming=true`` hides events that have started."""
+    events, total = service.list_events(session, limit=limit, offset=offset, upcoming=upcoming, q=q)
+    return ok(EventPage(events=events, total=total, has_more=offset + len(events) < total))
+
+
+@router.get("/{event_id}", response_model=Envelope[EventRead], responses=error_responses(400, 404))
+def get_event(event_id: int, session: SessionDep) -> dict:
+    return ok(EventRead.model_validate(service.get_event(session, event_id)))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Envelope[EventRead],
+    responses=error_responses(400, 401, 403),
+)
+def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> dict:
+    """Admins only."""
+    return ok(EventRead.model_validate(service.create_event(session, user, body)))
+
+
+@router.put(
+    "/{event_id}",
+    response_model=Envelope[EventRead],
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def update_event(
+    event_id: int, body: EventUpdate, request: Request, session: SessionDep, user: CurrentUser
+) -> dict:
+    """Admin or creator; not once the event has started. Capacity never drops below the seats
+    already confirmed; available seats are recomputed from it."""
+    event = service.update_event(session, user, event_id, body, request.app.state.redis)
+    return ok(EventRead.model_validate(event))
+
+
+@router.delete(
+    "/{event_id}",
+    response_model=Envelope[dict],
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def delete_event(event_id: int, request: Request, session: SessionDep, user: CurrentUser) -> dict:
+    """Admin or creator; refused while the event has confirmed or pending bookings."""
+    service.delete_event(session, user, event_id, request.app.state.redis)
+    return ok({"id": event_id, "deleted": True})

@@ -1,0 +1,178 @@
+"""Domain errors. Raised anywhere below ``api/``; rendered by one handler in ``api.errors``.
+
+Every error carries an HTTP status and a stable ``code`` (listed in docs/ERROR-CODES.md):
+
+DomainError (500 INTERNAL_ERROR)
+├── ValidationFailed (400 VALIDATION_ERROR)
+├── Unauthorized (401 UNAUTHORIZED)
+│   ├── InvalidCredentials (401 INVALID_CREDENTIALS)
+│   └── InvalidToken (401 INVALID_TOKEN)
+├── Forbidden (403 FORBIDDEN)
+├── NotFound (404 NOT_FOUND)
+│   ├── EventNotFound (404 EVENT_NOT_FOUND)
+│   └── BookingNotFound (404 BOOKING_NOT_FOUND)
+├── Conflict (409 CONFLICT)
+│   ├── EmailTaken (409 EMAIL_TAKEN)
+│   ├── EventPast (409 EVENT_PAST)
+│   ├── EventHasBookings (409 EVENT_HAS_BOOKINGS)
+│   ├── CapacityBelowBooked (409 CAPACITY_BELOW_BOOKED)
+│   ├── SoldOut (409 SOLD_OUT)
+│   ├── LimitExceeded (409 LIMIT_EXCEEDED)
+│   ├── AlreadyCancelled (409 ALREADY_CANCELLED)
+│   ├── BookingRejected (409 BOOKING_REJECTED)
+│   └── IdempotencyKeyReused (409 IDEMPOTENCY_KEY_REUSED)
+├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
+├── TooManyRequests (429 TOO_MANY_REQUESTS)
+│   ├── TooManyLoginAttempts (429 TOO_MANY_LOGIN_ATTEMPTS)
+│   └── TooManyPending (429 TOO_MANY_PENDING)
+└── ServiceUnavailable (503 SERVICE_UNAVAILABLE)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DomainError(Exception):
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    default_message: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = details or []
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class ValidationFailed(DomainError):
+    status_code = 400
+    code = "VALIDATION_ERROR"
+    default_message = "Request validation failed"
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+    code = "UNAUTHORIZED"
+    default_message = "Authentication required"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(message, **kwargs)
+
+
+class InvalidCredentials(Unauthorized):
+    code = "INVALID_CREDENTIALS"
+    default_message = "Invalid email or password"
+
+
+class InvalidToken(Unauthorized):
+    code = "INVALID_TOKEN"
+    default_message = "Invalid or expired token"
+
+
+class Forbidden(DomainError):
+    status_code = 403
+    code = "FORBIDDEN"
+    default_message = "You do not have permission to do this"
+
+
+class NotFound(DomainError):
+    status_code = 404
+    code = "NOT_FOUND"
+    default_message = "Not found"
+
+
+class EventNotFound(NotFound):
+    code = "EVENT_NOT_FOUND"
+    default_message = "Event not found"
+
+
+class BookingNotFound(NotFound):
+    code = "BOOKING_NOT_FOUND"
+    default_message = "Booking not found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    code = "CONFLICT"
+    default_message = "Conflict"
+
+
+class EmailTaken(Conflict):
+    code = "EMAIL_TAKEN"
+    default_message = "A user with this email already exists"
+
+
+class EventPast(Conflict):
+    code = "EVENT_PAST"
+    default_message = "The event has already started"
+
+
+class EventHasBookings(Conflict):
+    code = "EVENT_HAS_BOOKINGS"
+    default_message = "The event has confirmed or pending bookings"
+
+
+class CapacityBelowBooked(Conflict):
+    code = "CAPACITY_BELOW_BOOKED"
+    default_message = "Seat capacity cannot be lower than the seats already booked"
+
+
+class SoldOut(Conflict):
+    code = "SOLD_OUT"
+    default_message = "Not enough seats left for this booking"
+
+
+class LimitExceeded(Conflict):
+    code = "LIMIT_EXCEEDED"
+    default_message = "This booking would exceed the per-user seat limit for the event"
+
+
+class AlreadyCancelled(Conflict):
+    code = "ALREADY_CANCELLED"
+    default_message = "The booking is already cancelled"
+
+
+class BookingRejected(Conflict):
+    code = "BOOKING_REJECTED"
+    default_message = "The booking was rejected and cannot be cancelled"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "This Idempotency-Key was already used with a different request"
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "Request body too large"
+
+
+class TooManyRequests(DomainError):
+    status_code = 429
+    code = "TOO_MANY_REQUESTS"
+    default_message = "Too many requests"
+
+
+class TooManyLoginAttempts(TooManyRequests):
+    code = "TOO_MANY_LOGIN_ATTEMPTS"
+    default_message = "Too many login attempts; try again later"
+
+
+class TooManyPending(TooManyRequests):
+    code = "TOO_MANY_PENDING"
+    default_message = "Too many booking requests still waiting for a decision; try again shortly"
+
+
+class ServiceUnavailable(DomainError):
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "A backing service is unavailable"

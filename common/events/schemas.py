@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field, field_validator, model_validator
+
+from common.schemas import Page, ReadSchema, WriteSchema, trimmed
+
+MAX_CAPACITY = 1_000_000
+
+EventName = Annotated[str, Field(min_length=1, max_length=255), trimmed(1)]
+Venue = Annotated[str, Field(max_length=255), trimmed()]
+Description = Annotated[str, Field(max_length=10_000), trimmed()]
+
+
+def _in_future(value: datetime | None) -> datetime | None:
+    if value is not None and value <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return value
+
+
+class EventCreate(WriteSchema):
+    name: EventName
+    description: Description | None = None
+    venue: Venue | None = None
+    event_date: AwareDatetime
+    seat_capacity: int = Field(ge=1, le=MAX_CAPACITY)
+    max_seats_per_user: int = Field(default=10, ge=1, le=MAX_CAPACITY)
+    image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+
+    _future = field_validator("event_date")(_in_future)
+
+
+class EventUpdate(WriteSchema):
+    name: EventName | None = None
+    description: Description | None = None
+    venue: Venue | None = None
+    event_date: AwareDatetime | None = None
+    seat_capacity: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
+    max_seats_per_user: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
+    image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+
+    _future = field_validator("event_date")(_in_future)
+
+    @model_validator(mode="after")
+    def _not_null(self) -> EventUpdate:
+        for field in ("name", "event_date", "seat_capacity", "max_seats_per_user"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class EventRead(ReadSchema):
+    id: int
+    name: str
+    description: str | None
+    venue: str | None
+    event_date: datetime
+    seat_capacity: int
+    available_seats: int
+    max_seats_per_user: int
+    version: int
+    image_url: str | None
+    created_by: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EventPage(Page):
+    events: list[EventRead]
+
+
+class SeatSnapshot(ReadSchema):
+    event_id: int
+    available_seats: int
+    seat_capacity: int
+    version: int

@@ -1,0 +1,125 @@
+"""Events: listing, creation, changes by their admin or creator. Services flush; callers commit."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC, datetime
+
+import redis
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from common.bookings.models import Booking
+from common.db import on_commit
+from common.errors import (
+    CapacityBelowBooked,
+    EventHasBookings,
+    EventNotFound,
+    EventPast,
+    Forbidden,
+)
+from common.events.events import publish_event_deleted, publish_event_updated
+from common.events.models import Event
+from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
+from common.users.models import User
+
+
+def list_events(
+    session: Session, *, limit: int, offset: int, upcoming: bool, q: str | None
+) -> tuple[list[Event], int]:
+    query = select(Event)
+    if upcoming:
+        query = query.where(Event.event_date > func.now())
+    if q:
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Event.name.ilike(f"%{escaped}%", escape="\\"))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Event.event_date, Event.id).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def get_event(session: Session, event_id: int, *, for_update: bool = False) -> Event:
+    query = select(Event).where(Event.id == event_id)
+    if for_update:
+        query = query.with_for_update()
+    event = session.scalar(query)
+    if event is None:
+        raise EventNotFound()
+    return event
+
+
+def seat_snapshots(session: Session, event_ids: Collection[int]) -> list[SeatSnapshot]:
+    """Seats and version of each event that exists, for a live client to start or resync from."""
+    if not event_ids:
+        return []
+    rows = session.execute(
+        select(Event.id, Event.available_seats, Event.seat_capacity, Event.version).where(
+            Event.id.in_(list(event_ids))
+        )
+    )
+    return [
+        SeatSnapshot(event_id=i, available_seats=a, seat_capacity=c, version=v)
+        for i, a, c, v in rows
+    ]
+
+
+def can_manage(actor: User, event: Event) -> bool:
+    return actor.is_admin or event.created_by == actor.id
+
+
+def create_event(session: Session, actor: User, data: EventCreate) -> Event:
+    if not actor.is_admin:
+        raise Forbidden("Only admins can create events")
+    event = Event(
+        **data.model_dump(),
+        available_seats=data.seat_capacity,
+        created_by=actor.id,
+    )
+    session.add(event)
+    session.flush()
+    session.refresh(event)
+    return event
+
+
+def update_event(
+    session: Session, actor: User, event_id: int, data: EventUpdate, publisher: redis.Redis
+) -> Event:
+    # The row lock orders this change with the worker's batches on the same event.
+    event = get_event(session, event_id, for_update=True)
+    if not can_manage(actor, event):
+        raise Forbidden("Only an admin or the event's creator can change it")
+    if event.event_date <= datetime.now(UTC):
+        raise EventPast("An event that has started cannot be changed")
+    changes = data.model_dump(exclude_unset=True)
+    booked = event.seat_capacity - event.available_seats
+    if changes.get("seat_capacity", event.seat_capacity) < booked:
+        raise CapacityBelowBooked(
+            details=[{"field": "seatCapacity", "message": f"{booked} seats are already booked"}]
+        )
+    for field, value in changes.items():
+        setattr(event, field, value)
+    event.available_seats = event.seat_capacity - booked
+    event.version += 1
+    event.updated_at = datetime.now(UTC)
+    session.flush()
+    session.refresh(event)
+    on_commit(session, lambda: publish_event_updated(publisher, event))
+    return event
+
+
+def delete_event(session: Session, actor: User, event_id: int, publisher: redis.Redis) -> None:
+    event = get_event(session, event_id, for_update=True)
+    if not can_manage(actor, event):
+        raise Forbidden("Only an admin or the event's creator can delete it")
+    held = session.scalar(
+        select(
+            exists().where(
+                Booking.event_id == event_id, Booking.status.in_(("pending", "confirmed"))
+            )
+        )
+    )
+    if held:
+        raise EventHasBookings()
+    session.delete(event)
+    session.flush()
+    on_commit(session, lambda: publish_event_deleted(publisher, event_id))

@@ -1,0 +1,8 @@
+"""Every table, imported in one place so Alembic and relationships see the whole metadata."""
+
+from common.bookings.models import Booking, BookingLog
+from common.db import Base
+from common.events.models import Event
+from common.users.models import User
+
+__all__ = ["Base", "Booking", "BookingLog", "Event", "User"]

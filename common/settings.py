@@ -1,0 +1,100 @@
+"""Settings shared by the API, the worker, the CLI and ``celeryconfig``.
+
+Read from the environment and ``.env``; see ``.env.example`` and docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_JWT_SECRET = "change-me-dev-only-secret-change-me"
+PRODUCTION_BCRYPT_ROUNDS = 12
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    APP_ENV: Literal["development", "test", "production"] = "development"
+    DATABASE_URL: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/event_booking"
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    JWT_SECRET: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
+    JWT_EXPIRES_IN: int = Field(default=86_400, gt=0, description="token lifetime, seconds")
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = [
+        "http://localhost:8000",
+        "http://127.0.0.1:8000",
+    ]
+    PORT: int = 8000
+    LOG_LEVEL: str = "INFO"
+    BCRYPT_ROUNDS: int = Field(default=PRODUCTION_BCRYPT_ROUNDS, ge=4, le=16)
+
+    DB_POOL_SIZE: int = 20
+    DB_MAX_OVERFLOW: int = 10
+
+    # Booking pipeline.
+    BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+    SWEEP_INTERVAL: float = Field(default=10.0, gt=0, description="seconds between sweeps")
+    SWEEP_PENDING_AFTER: float = Field(
+        default=15.0, gt=0, description="a booking pending this long is re-signalled"
+    )
+    SIGNAL_TTL: int = Field(default=30, gt=0, description="seconds a per-event signal dedups")
+    MAX_WAIT: int = 30
+    MAX_PENDING_PER_USER: int = Field(
+        default=20, ge=1, description="undecided booking requests one user may have; then 429"
+    )
+
+    # Abuse limits (fixed one-minute windows in Redis).
+    LOGIN_ATTEMPTS_PER_ACCOUNT: int = Field(default=5, ge=1, description="per email per window")
+    LOGIN_ATTEMPTS_PER_ADDRESS: int = Field(default=20, ge=1, description="per client IP")
+    LOGIN_WINDOW: int = Field(default=60, ge=1, description="seconds")
+
+    # Operations.
+    FLOWER_USER: str | None = None
+    FLOWER_PASSWORD: SecretStr | None = None
+    METRICS_TOKEN: SecretStr | None = None
+    WS_MAX_SUBSCRIPTIONS: int = 20
+    WS_QUEUE_SIZE: int = 100
+    WS_HEARTBEAT_INTERVAL: float = Field(
+        default=25.0, gt=0, description="seconds between server heartbeats on each WebSocket"
+    )
+    WS_SEND_TIMEOUT: float = Field(
+        default=10.0, gt=0, description="a WebSocket that takes no frame for this long is dropped"
+    )
+    ENABLE_SYNC_BASELINE: bool = False
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _enforce_production_rules(self) -> Settings:
+        if self.APP_ENV != "production":
+            return self
+        secret = self.JWT_SECRET.get_secret_value()
+        if secret == DEFAULT_JWT_SECRET or len(secret.encode()) < 32:
+            raise ValueError(
+                "JWT_SECRET must be set to a non-default value of at least 32 bytes in production"
+            )
+        if self.BCRYPT_ROUNDS < PRODUCTION_BCRYPT_ROUNDS:
+            raise ValueError(f"BCRYPT_ROUNDS below {PRODUCTION_BCRYPT_ROUNDS} is for tests only")
+        if self.ENABLE_SYNC_BASELINE:
+            raise ValueError("ENABLE_SYNC_BASELINE is a benchmarking aid, not for production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        url = self.DATABASE_URL
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

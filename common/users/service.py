@@ -1,0 +1,49 @@
+"""Accounts: registration, login, lookup. Services flush; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from common.errors import EmailTaken, InvalidCredentials, InvalidToken
+from common.security import hash_password, verify_password
+from common.users.models import User
+from common.users.schemas import UserCreate
+
+
+def get_by_email(session: Session, email: str) -> User | None:
+    return session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+
+
+def register(session: Session, data: UserCreate, *, bcrypt_rounds: int, role: str = "user") -> User:
+    if get_by_email(session, data.email) is not None:
+        raise EmailTaken(details=[{"field": "email", "message": "already registered"}])
+    user = User(
+        email=data.email.lower(),
+        name=data.name,
+        password_hash=hash_password(data.password, bcrypt_rounds),
+        role=role,
+    )
+    session.add(user)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:  # two registrations raced for the same email
+        raise EmailTaken(details=[{"field": "email", "message": "already registered"}]) from exc
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> User:
+    user = get_by_email(session, email)
+    if not verify_password(password, user.password_hash if user else None) or user is None:
+        raise InvalidCredentials()
+    return user
+
+
+def get_active(session: Session, user_id: int) -> User:
+    """The user a token names; a token for a deleted user is no longer valid."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise InvalidToken()
+    return user

@@ -1,0 +1,355 @@
+"""Test fixtures against real services: a database of its own built by migrations, a Redis db
+number of its own, real Celery worker and uvicorn processes where a test needs them.
+
+The test database and Redis db are forced here, before anything reads the settings, so a test
+run can never touch the development data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_test"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_ENV = {
+    "APP_ENV": "test",
+    "DATABASE_URL": TEST_DATABASE_URL,
+    "REDIS_URL": TEST_REDIS_URL,
+    "JWT_SECRET": "test-secret-that-is-long-enough-for-hs256-0123456789",
+    "BCRYPT_ROUNDS": "4",  # production never lowers it (see Settings)
+    "SWEEP_INTERVAL": "1",
+    "SWEEP_PENDING_AFTER": "3",
+    "LOG_LEVEL": "WARNING",
+}
+os.environ.update(TEST_ENV)
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from common.events.models import Event  # noqa: E402
+from common.security import create_access_token, hash_password  # noqa: E402
+from common.settings import Settings, get_settings  # noqa: E402
+from common.users.models import User  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# In the order the worker's procedure locks them (event row, bookings, logs), so a worker still
+# finishing a stale task and the truncate between tests wait for each other instead of deadlocking.
+TABLES = "events, bookings, booking_logs, users"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["url"] = url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def recreate_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    recreate_database(settings.sqlalchemy_url)
+    command.upgrade(alembic_config(settings.sqlalchemy_url), "head")
+    engine = create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+def clear_redis(client: redis.Redis) -> None:
+    # Only our keys: Celery's kombu bindings live in the same db and must survive.
+    keys = list(client.scan_iter("ebs:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with empty tables and no pipeline keys (several processes share them,
+    so a rolled-back transaction would not do)."""
+    if "engine" not in request.fixturenames:
+        yield
+        return
+    engine: Engine = request.getfixturevalue("engine")
+    with engine.begin() as conn:
+        conn.execute(text(f"LOCK TABLE {TABLES} IN ACCESS EXCLUSIVE MODE"))
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    clear_redis(request.getfixturevalue("redis_client"))
+    yield
+
+
+@pytest.fixture
+def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+# ---------------------------------------------------------------- factories
+
+
+@pytest.fixture
+def make_user(session_factory: sessionmaker[Session], settings: Settings) -> Callable[..., User]:
+    counter = iter(range(1, 1_000_000))
+    password_hash = hash_password("password123", 4)
+
+    def make(role: str = "user", email: str | None = None, name: str = "Test User") -> User:
+        with session_factory() as session:
+            user = User(
+                email=email or f"{role}{next(counter)}@example.com",
+                name=name,
+                role=role,
+                password_hash=password_hash,
+            )
+            session.add(user)
+            session.commit()
+            return user
+
+    return make
+
+
+@pytest.fixture
+def token_for(settings: Settings) -> Callable[[User], str]:
+    return lambda user: create_access_token(user.id, user.role, settings)
+
+
+@pytest.fixture
+def auth(token_for: Callable[[User], str]) -> Callable[[User], dict[str, str]]:
+    return lambda user: {"Authorization": f"Bearer {token_for(user)}"}
+
+
+@pytest.fixture
+def make_event(session_factory: sessionmaker[Session]) -> Callable[..., Event]:
+    def make(
+        *,
+        capacity: int = 100,
+        available: int | None = None,
+        max_per_user: int = 10,
+        created_by: int | None = None,
+        starts_in: timedelta = timedelta(days=7),
+        name: str = "Concert",
+    ) -> Event:
+        with session_factory() as session:
+            event = Event(
+                name=name,
+                description="A test event",
+                venue="Test Hall",
+                event_date=datetime.now(UTC) + starts_in,
+                seat_capacity=capacity,
+                available_seats=capacity if available is None else available,
+                max_seats_per_user=max_per_user,
+                created_by=created_by,
+            )
+            session.add(event)
+            session.commit()
+            return event
+
+    return make
+
+
+# ---------------------------------------------------------------- the app in-process
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TEST_ENV)
+    env.update(extra)
+    return env
+
+
+class ManagedProcess:
+    """A real child process (its own process group) logging to ``.run/test-<name>.log``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = ROOT / ".run" / f"test-{name}.log"
+        self._logfile: Any = None
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        self.log.parent.mkdir(exist_ok=True)
+        self._logfile = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int | None = None) -> None:
+        """Terminate gracefully, or send ``sig`` (e.g. 9) to the whole process group."""
+        if self.proc is None:
+            return
+        try:
+            if sig is not None:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.terminate()
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+        self._logfile.close()
+
+
+class WorkerProcess(ManagedProcess):
+    """A real ``celery worker`` on the test database and Redis db."""
+
+    def __init__(
+        self, name: str, concurrency: int = 2, queues: str = "bookings,maintenance", **env: str
+    ) -> None:
+        super().__init__(name)
+        self.concurrency = concurrency
+        self.queues = queues
+        self.env = env
+
+    def start(self) -> WorkerProcess:
+        argv = [str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", self.queues,
+                "--concurrency", str(self.concurrency), "--hostname", f"{self.name}@%h",
+                "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
+        self.spawn(argv, process_env(**self.env))
+        wait_until(lambda: b"ready." in self.log.read_bytes(), 60, f"worker {self.name}")
+        return self
+
+
+class BeatProcess(ManagedProcess):
+    """A real ``celery beat`` (the sweeper's schedule)."""
+
+    def __init__(self, name: str, **env: str) -> None:
+        super().__init__(name)
+        self.env = env
+
+    def start(self) -> BeatProcess:
+        schedule = ROOT / ".run" / f"test-{self.name}-schedule"
+        argv = [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", str(schedule),
+                "--loglevel", "INFO"]  # fmt: skip
+        self.spawn(argv, process_env(**self.env))
+        wait_until(lambda: b"beat: Starting" in self.log.read_bytes(), 60, "beat")
+        return self
+
+
+class ApiProcess(ManagedProcess):
+    """A real ``uvicorn`` serving the app on a free port."""
+
+    def __init__(self, name: str = "api", **env: str) -> None:
+        super().__init__(name)
+        self.port = free_port()
+        self.env = env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiProcess:
+        import httpx
+
+        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        self.spawn(argv, process_env(**self.env))
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, f"api {self.name}")
+        return self
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``check()`` is truthy. The bound only keeps a broken run from hanging; it is
+    generous on purpose and no test asserts on how long anything took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def worker(engine: Engine, settings: Settings) -> Iterator[WorkerProcess]:
+    """One real Celery worker for the session's pipeline tests."""
+    proc = WorkerProcess("worker").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def api_server(engine: Engine, worker: WorkerProcess) -> Iterator[ApiProcess]:
+    proc = ApiProcess().start()
+    yield proc
+    proc.stop()
