@@ -1,0 +1,131 @@
+"""The API's one Redis subscription, shared by every socket and waiter of this process.
+
+Each API instance subscribes once to the event and user patterns and fans messages out in
+memory: to requests waiting for a decision (``Prefer: wait``) and to listeners such as the
+WebSocket manager. When the subscription breaks it reconnects with backoff and tells listeners
+to resync, since messages published meanwhile are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from common.channels import control_channel, events_pattern, parse_channel, users_pattern
+
+logger = logging.getLogger(__name__)
+
+# (channel kind, id, message): ("event", 7, {...}) or ("user", 3, {...}); ("resync", 0, {}) after a
+# reconnect.
+Listener = Callable[[str, int, dict[str, Any]], Awaitable[None] | None]
+
+
+class Hub:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._waiters: dict[str, set[asyncio.Future[dict[str, Any]]]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.asynccontextmanager
+    async def waiter(self, booking_id: str) -> AsyncIterator[asyncio.Future[dict[str, Any]]]:
+        """A future resolved with the next ``booking_status`` message for the booking."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[booking_id].add(future)
+        try:
+            yield future
+        finally:
+            waiters = self._waiters.get(booking_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[booking_id]
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        first = True
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(events_pattern(), users_pattern())
+                await pubsub.subscribe(control_channel())
+                self.connected.set()
+                if not first:
+                    self.reconnects += 1
+                    logger.info("redis subscription restored; resyncing clients")
+                    await self._notify("resync", 0, {})
+                first = False
+                backoff = 0.1
+                async for message in pubsub.listen():
+                    if message["type"] in ("pmessage", "message"):
+                        await self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected.clear()
+                logger.warning("redis subscription lost (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await close_pubsub(pubsub)
+
+    async def _dispatch(self, channel: str, raw: str) -> None:
+        parsed = parse_channel(channel)
+        if parsed is None:
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            logger.warning("dropping malformed message on %s", channel)
+            return
+        kind, ident = parsed
+        if kind == "user" and message.get("type") == "booking_status":
+            booking_id = message.get("data", {}).get("bookingId")
+            for future in self._waiters.get(booking_id, ()):
+                if not future.done():
+                    future.set_result(message["data"])
+        await self._notify(kind, ident, message)
+
+    async def _notify(self, kind: str, ident: int, message: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(kind, ident, message)
+                if result is not None:
+                    await result
+            except Exception:
+                logger.exception("pub/sub listener failed")
+
+
+async def close_pubsub(pubsub: aioredis.client.PubSub, timeout: float = 2.0) -> None:
+    """Close a subscription without hanging: redis-py's ``aclose`` can wait forever in
+    ``wait_closed`` (redis/redis-py#3941), which stalled the API's shutdown; past the timeout
+    the connection is dropped without waiting."""
+    try:
+        async with asyncio.timeout(timeout):
+            await pubsub.aclose()
+    except Exception:
+        connection = pubsub.connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)

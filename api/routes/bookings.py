@@ -1,0 +1,327 @@
+"""Booking routes. Intake records the request and answers at once; a worker decides it.
+
+``Prefer: wait=N`` (RFC 7240) on POST, GET and DELETE holds the answer until the booking is
+decided or N seconds pass. A waiter holds no DB connection and no thread: it awaits the
+``booking_status`` message on this instance's Redis subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentUser, SessionDep, TokenUserId
+from api.envelope import Envelope, error_responses, ok
+from api.metrics import record_accepted
+from common.bookings import service
+from common.bookings.models import Booking
+from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
+from common.db import session_scope
+from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
+from common.users import service as users_service
+
+router = APIRouter(prefix="/api/bookings", tags=["bookings"])
+logger = logging.getLogger(__name__)
+
+REJECTIONS: dict[str, type[DomainError]] = {
+    "sold_out": SoldOut,
+    "limit_exceeded": LimitExceeded,
+    "event_past": EventPast,
+}
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+Prefer = Annotated[str | None, Header(description="RFC 7240, e.g. `wait=10` (at most 30)")]
+
+
+def wait_seconds(prefer: str | None, limit: int) -> int:
+    if not prefer:
+        return 0
+    match = PREFER_WAIT.search(prefer)
+    return min(int(match.group(1)), limit) if match else 0
+
+
+def _read(booking: Booking) -> dict[str, Any]:
+    return BookingRead.model_validate(booking).model_dump(mode="json", by_alias=True)
+
+
+def is_settled(booking: Booking) -> bool:
+    """Nothing is in flight for the booking: decided, and no cancellation awaiting a worker."""
+    if booking.status in ("rejected", "cancelled"):
+        return True
+    return booking.status == "confirmed" and booking.cancel_requested_at is None
+
+
+async def _await_decision(request: Request, booking_id: str, seconds: int, reload: Any) -> Booking:
+    """Wait until the booking is settled or ``seconds`` pass; returns it as the database has it."""
+    hub = request.app.state.hub
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        async with hub.waiter(booking_id) as decided:
+            # Read after the waiter is in place, so a decision published in between is not missed.
+            booking = await run_in_threadpool(reload)
+            if is_settled(booking) or loop.time() >= deadline:
+                return booking
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await decided
+            except TimeoutError:
+                pass
+
+
+def _decided_response(booking: Booking, *, ok_status: int, headers: dict[str, str]) -> JSONResponse:
+    if booking.status == "rejected" and booking.reason in REJECTIONS:
+        error = REJECTIONS[booking.reason](details=[{"bookingId": booking.booking_id}])
+        raise error
+    code = ok_status if is_settled(booking) else status.HTTP_202_ACCEPTED
+    return JSONResponse(ok(_read(booking)), status_code=code, headers=headers)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Envelope[BookingRead],
+    responses={
+        201: {"description": "Confirmed within the `Prefer: wait` time"},
+        **error_responses(400, 401, 404, 409, 413, 429),
+    },
+)
+async def create_booking(
+    body: BookingCreate,
+    request: Request,
+    user_id: TokenUserId,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> JSONResponse:
+    """Accept a booking request: stored as ``pending`` and committed before the 202.
+
+    A worker decides it in arrival order: ``confirmed``, or ``rejected`` with a reason
+    (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
+    ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
+    """
+    state = request.app.state
+    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    booking_id = service.new_booking_id()
+
+    def intake() -> tuple[Booking, bool]:
+        with session_scope(state.session_factory) as session:
+            return service.request_booking(
+                session,
+                user_id,
+                body,
+                idempotency_key=idempotency_key,
+                signal=state.signal,
+                max_pending=state.settings.MAX_PENDING_PER_USER,
+                booking_id=booking_id,
+            )
+
+    if not wait:
+        booking, created = await run_in_threadpool(intake)
+        _accepted(booking, created)
+        headers = {"Location": f"/api/bookings/{booking.booking_id}"}
+        return JSONResponse(ok(_read(booking)), status_code=202, headers=headers)
+
+    # The waiter is in place before the row is committed, so the decision cannot slip past it
+    # and the booking need not be read back: one transaction per request, not three.
+    message: dict[str, Any] | None = None
+    async with state.hub.waiter(booking_id) as decided:
+        booking, created = await run_in_threadpool(intake)
+        _accepted(booking, created)
+        if created:
+            try:
+                async with asyncio.timeout(wait):
+                    message = await decided
+            except TimeoutError:
+                pass
+    headers = {
+        "Location": f"/api/bookings/{booking.booking_id}",
+        "Preference-Applied": f"wait={wait}",
+    }
+    if message is not None and message.get("status") in ("confirmed", "rejected"):
+        return _decided_response(
+            _apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
+        )
+    reload = lambda: _reload(state, user_id, booking.booking_id)  # noqa: E731
+    if created:
+        # No word within the wait (or a cancellation raced the decision): the database says.
+        booking = await run_in_threadpool(reload)
+    else:
+        # An idempotent replay of an earlier request: wait for that booking instead.
+        booking = await _await_decision(request, booking.booking_id, wait, reload)
+    return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
+
+
+def _accepted(booking: Booking, created: bool) -> None:
+    if created:
+        record_accepted()
+        logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
+
+
+def _apply_decision(booking: Booking, message: dict[str, Any]) -> Booking:
+    """The booking as just inserted, with the decision the worker published for it."""
+    booking.status = message["status"]
+    booking.reason = message.get("reason")
+    decided_at = message.get("decidedAt") or message.get("timestamp")
+    booking.decided_at = datetime.fromisoformat(decided_at) if decided_at else None
+    return booking
+
+
+def _reload(state: Any, user_id: int, booking_id: str) -> Booking:
+    with session_scope(state.session_factory) as session:
+        user = users_service.get_active(session, user_id)
+        return service.get_booking(session, user, booking_id)
+
+
+@router.get("/user/me", response_model=Envelope[BookingPage], responses=error_responses(400, 401))
+def my_bookings(
+    session: SessionDep,
+    user: CurrentUser,
+    status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+) -> dict:
+    """The caller's bookings, newest first."""
+    rows, total = service.list_user_bookings(
+        session, user, status=status_filter, limit=limit, offset=offset
+    )
+    return ok(BookingPage(bookings=rows, total=total, has_more=offset + len(rows) < total))
+
+
+CSV_COLUMNS = [
+    "booking_id",
+    "user_id",
+    "event_id",
+    "quantity",
+    "status",
+    "reason",
+    "created_at",
+    "decided_at",
+    "cancelled_at",
+]
+
+
+@router.get(
+    "/admin/events/{event_id}",
+    response_model=Envelope[BookingPage],
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON page, or CSV of every booking"},
+        **error_responses(400, 401, 403, 404),
+    },
+)
+def event_bookings(
+    event_id: int,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+) -> Any:
+    """An event's bookings in arrival order, for admins and the event's creator.
+    With ``Accept: text/csv``, every booking of the event as CSV (limit and offset ignored)."""
+    if "text/csv" in request.headers.get("accept", ""):
+        rows = list(service.iter_event_bookings(session, user, event_id, status_filter))
+        return StreamingResponse(
+            _csv(rows),
+            media_type="text/csv",
+            headers={
+                "Content-Disposition": f'attachment; filename="event-{event_id}-bookings.csv"'
+            },
+        )
+    rows, total = service.list_event_bookings(
+        session, user, event_id, status=status_filter, limit=limit, offset=offset
+    )
+    return ok(BookingPage(bookings=rows, total=total, has_more=offset + len(rows) < total))
+
+
+def _csv(rows: list[Booking]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if (v := getattr(row, c)) is None else v for c in CSV_COLUMNS])
+        if buffer.tell() > 64_000:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+@router.get(
+    "/{booking_id}",
+    response_model=Envelope[BookingRead],
+    responses={
+        202: {"description": "Still pending after `Prefer: wait`"},
+        **error_responses(401, 404, 409),
+    },
+)
+async def get_booking(
+    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+) -> JSONResponse:
+    """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
+    answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
+    state = request.app.state
+    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    reload = lambda: _reload(state, user_id, booking_id)  # noqa: E731
+    if not wait:
+        booking = await run_in_threadpool(reload)
+        return JSONResponse(ok(_read(booking)))
+    booking = await _await_decision(request, booking_id, wait, reload)
+    return _decided_response(
+        booking, ok_status=status.HTTP_200_OK, headers={"Preference-Applied": f"wait={wait}"}
+    )
+
+
+@router.delete(
+    "/{booking_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Envelope[BookingRead],
+    responses={
+        200: {"description": "Cancelled within `Prefer: wait`"},
+        **error_responses(401, 404, 409),
+    },
+)
+async def cancel_booking(
+    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+) -> JSONResponse:
+    """Ask to cancel (owner or admin): 202, and a worker frees the seats. 409 if it is already
+    cancelled, was rejected, or the event has started."""
+    state = request.app.state
+    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+
+    def ask() -> Booking:
+        with session_scope(state.session_factory) as session:
+            user = users_service.get_active(session, user_id)
+            return service.request_cancellation(session, user, booking_id, state.signal)
+
+    booking = await run_in_threadpool(ask)
+    if wait:
+        booking = await _await_decision(
+            request, booking_id, wait, lambda: _reload(state, user_id, booking_id)
+        )
+    code = status.HTTP_200_OK if booking.status == "cancelled" else status.HTTP_202_ACCEPTED
+    return JSONResponse(ok(_read(booking)), status_code=code)
+
+
+@router.get(
+    "/{booking_id}/logs",
+    response_model=Envelope[list[BookingLogRead]],
+    responses=error_responses(401, 404),
+)
+def booking_logs(booking_id: str, session: SessionDep, user: CurrentUser) -> dict:
+    """The audit trail of one booking (owner or admin)."""
+    return ok(
+        [BookingLogRead.model_validate(r) for r in service.booking_logs(session, user, booking_id)]
+    )

@@ -1,0 +1,49 @@
+"""Celery configuration, read from the shared settings (``config_from_object("celeryconfig")``).
+
+Delivery is at least once: a task is acknowledged after it ran (``acks_late``) and requeued if
+its process dies (``task_reject_on_worker_lost``); every task's effect is idempotent in
+PostgreSQL, so a second delivery changes nothing. The hard time limit stays well below the Redis
+visibility timeout, so a task still running is never handed to a second worker by the broker.
+"""
+
+from kombu import Queue
+
+from common.settings import get_settings
+from common.tasks import BOOKINGS_QUEUE, MAINTENANCE_QUEUE, PROCESS_EVENT, SWEEP
+
+_settings = get_settings()
+
+broker_url = _settings.REDIS_URL
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_time_limit = 120
+task_soft_time_limit = 100
+broker_transport_options = {"visibility_timeout": 300}
+broker_connection_retry_on_startup = True
+
+worker_prefetch_multiplier = 1
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+task_default_queue = BOOKINGS_QUEUE
+task_queues = (Queue(BOOKINGS_QUEUE), Queue(MAINTENANCE_QUEUE))
+task_routes = {
+    PROCESS_EVENT: {"queue": BOOKINGS_QUEUE},
+    SWEEP: {"queue": MAINTENANCE_QUEUE},
+}
+
+beat_schedule = {
+    "sweep-pending-bookings": {
+        "task": SWEEP,
+        "schedule": _settings.SWEEP_INTERVAL,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": _settings.SWEEP_INTERVAL},
+    },
+}

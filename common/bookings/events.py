@@ -1,0 +1,90 @@
+"""What the booking pipeline publishes after each committed batch.
+
+To the event's channel, one message per batch that moved seats (never one per booking):
+``booking_created`` (only confirmations), ``booking_cancelled`` (only cancellations) or
+``seat_update`` (both); all three carry the same seat fields and the event's new ``version``.
+To each owner's channel, one ``booking_status`` per decided request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from common.bookings.schemas import Decision
+from common.channels import event_channel, user_channel
+from common.pubsub import encode, now_iso
+
+
+def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | None:
+    confirmed = sum(1 for d in decisions if d.status == "confirmed")
+    cancelled = sum(1 for d in decisions if d.status == "cancelled")
+    if not confirmed and not cancelled:
+        return None
+    if confirmed and cancelled:
+        kind = "seat_update"
+    else:
+        kind = "booking_created" if confirmed else "booking_cancelled"
+    last = decisions[-1]
+    return kind, {
+        "eventId": last.event_id,
+        "availableSeats": last.available_seats,
+        "seatCapacity": last.seat_capacity,
+        "version": last.version,
+        "timestamp": now_iso(),
+        "confirmed": confirmed,
+        "cancelled": cancelled,
+        "rejected": len(decisions) - confirmed - cancelled,
+    }
+
+
+def status_message(decision: Decision, timestamp: str | None = None) -> dict[str, Any]:
+    return {
+        "bookingId": decision.booking_id,
+        "eventId": decision.event_id,
+        "status": decision.status,
+        "reason": decision.reason,
+        "quantity": decision.quantity,
+        "availableSeats": decision.seats_left,
+        "decidedAt": decision.decided_at.isoformat() if decision.decided_at else None,
+        "timestamp": timestamp or now_iso(),
+    }
+
+
+# Publishes ARGV as (channel, message) pairs, in order: a batch's messages in one command and
+# one reply, where a pipeline of PUBLISH commands cost a reply to parse per decision (a
+# quarter of the worker's Python time in a drain).
+PUBLISH_ALL = """
+for i = 1, #ARGV, 2 do
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"""
+
+
+def publish_decisions(client: redis.Redis, decisions: Sequence[Decision]) -> None:
+    if not decisions:
+        return
+    args: list[str] = []
+    seat = seat_message(decisions)
+    if seat is not None:
+        kind, data = seat
+        args += (event_channel(decisions[0].event_id), encode(kind, data))
+    stamp = now_iso()  # one clock read per batch: they were all published together
+    for decision in decisions:
+        args += (
+            user_channel(decision.user_id),
+            encode("booking_status", status_message(decision, stamp)),
+        )
+    _publish_all(client)(args=args)
+
+
+def _publish_all(client: redis.Redis) -> Any:
+    """The script object for this client, registered once (it reloads itself after NOSCRIPT)."""
+    script = getattr(client, "_ebs_publish_all", None)
+    if script is None:
+        script = client.register_script(PUBLISH_ALL)
+        client._ebs_publish_all = script  # type: ignore[attr-defined]
+    return script

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from common.db import Base, TimestampMixin
+
+STATUSES = ("pending", "confirmed", "rejected", "cancelled")
+REASONS = ("sold_out", "limit_exceeded", "event_past")
+
+
+class Booking(TimestampMixin, Base):
+    __tablename__ = "bookings"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'confirmed', 'rejected', 'cancelled')", name="status"
+        ),
+        CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint("(status = 'rejected') = (reason IS NOT NULL)", name="reason_iff_rejected"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_bookings_user_idempotency_key"),
+        Index("idx_bookings_user_id", "user_id"),
+        Index("idx_bookings_event_id", "event_id"),
+        Index("idx_bookings_status", "status"),
+        Index("idx_bookings_created_at", "created_at"),
+        # The worker drains an event's queue in arrival order through this index.
+        Index("idx_bookings_pending", "event_id", "id", postgresql_where="status = 'pending'"),
+        Index(
+            "idx_bookings_cancel_requested",
+            "event_id",
+            "id",
+            postgresql_where=(
+                "status IN ('pending', 'confirmed') AND cancel_requested_at IS NOT NULL"
+            ),
+        ),
+        Index(
+            "idx_bookings_confirmed_user",
+            "event_id",
+            "user_id",
+            postgresql_where="status = 'confirmed'",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    booking_id: Mapped[str] = mapped_column(String(50), unique=True, nullable=False)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="RESTRICT"), nullable=False
+    )
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    )
+    quantity: Mapped[int] = mapped_column(nullable=False, server_default="1")
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="pending")
+    reason: Mapped[str | None] = mapped_column(String(32))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BookingLog(Base):
+    __tablename__ = "booking_logs"
+    __table_args__ = (
+        Index("idx_booking_logs_booking_id", "booking_id"),
+        Index("idx_booking_logs_action", "action"),
+        Index("idx_booking_logs_timestamp", "timestamp"),
+        Index("idx_booking_logs_user_event", "user_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    booking_id: Mapped[str] = mapped_column(String(50), nullable=False)
+    action: Mapped[str] = mapped_column(String(30), nullable=False)
+    user_id: Mapped[int | None] = mapped_column()
+    event_id: Mapped[int | None] = mapped_column()
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    timestamp: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from common.schemas import Page, ReadSchema, WriteSchema
+
+Status = Literal["pending", "confirmed", "rejected", "cancelled"]
+Reason = Literal["sold_out", "limit_exceeded", "event_past"]
+MAX_QUANTITY = 1000
+
+
+class BookingCreate(WriteSchema):
+    event_id: int = Field(ge=1, le=2**31 - 1)
+    quantity: int = Field(default=1, ge=1, le=MAX_QUANTITY)
+
+
+class BookingRead(ReadSchema):
+    booking_id: str
+    event_id: int
+    user_id: int
+    quantity: int
+    status: Status
+    reason: Reason | None
+    created_at: datetime
+    decided_at: datetime | None
+    cancel_requested_at: datetime | None
+    cancelled_at: datetime | None
+
+
+class BookingPage(Page):
+    bookings: list[BookingRead]
+
+
+class BookingLogRead(ReadSchema):
+    booking_id: str
+    action: str
+    details: dict[str, Any] | None
+    timestamp: datetime
+
+
+class Decision(ReadSchema):
+    """One row of ``process_event_queue``: what the worker decided for one request."""
+
+    booking_id: str
+    user_id: int
+    event_id: int
+    quantity: int
+    status: Status
+    reason: Reason | None
+    seats_left: int
+    available_seats: int
+    seat_capacity: int
+    version: int
+    created_at: datetime
+    decided_at: datetime | None

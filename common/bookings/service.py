@@ -1,0 +1,265 @@
+"""Bookings: intake and cancellation requests (API side), draining an event's queue (worker side),
+reads for owners and admins. Services flush; the caller commits and runs on_commit callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.bookings import procedures
+from common.bookings.models import Booking, BookingLog
+from common.bookings.schemas import BookingCreate, Decision
+from common.db import on_commit, session_scope
+from common.errors import (
+    AlreadyCancelled,
+    BookingNotFound,
+    BookingRejected,
+    EventNotFound,
+    EventPast,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidToken,
+    SoldOut,
+    TooManyPending,
+    ValidationFailed,
+)
+from common.events.models import Event
+from common.events.service import can_manage, get_event
+from common.users.models import User
+
+Signal = Callable[[int], object]
+
+
+def new_booking_id() -> str:
+    return "bk_" + secrets.token_hex(12)
+
+
+def request_hash(data: BookingCreate) -> str:
+    return hashlib.sha256(f"{data.event_id}:{data.quantity}".encode()).hexdigest()
+
+
+# One round trip decides intake: ``facts`` reads what the checks need, ``ins`` inserts only when
+# they all pass, and the row returned carries both, so a refusal costs no more than an accept.
+INTAKE = text(
+    """
+WITH facts AS (
+    SELECT e.id AS event_id, e.event_date > now() AS open, e.max_seats_per_user,
+           e.available_seats, u.id AS user_id,
+           (SELECT count(*) FROM (
+                SELECT 1 FROM bookings p WHERE p.user_id = :user_id AND p.status = 'pending'
+                LIMIT :max_pending) mine) AS pending
+    FROM (VALUES (1)) AS one
+    LEFT JOIN users u ON u.id = :user_id
+    LEFT JOIN events e ON e.id = :event_id
+), ins AS (
+    INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
+    SELECT :booking_id, f.user_id, f.event_id, :quantity, :idempotency_key, :request_hash
+    FROM facts f
+    WHERE f.user_id IS NOT NULL AND f.open AND f.max_seats_per_user >= :quantity
+      AND f.available_seats >= :quantity AND f.pending < :max_pending
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING *
+)
+SELECT f.user_id AS known_user, f.event_id AS known_event, f.open, f.max_seats_per_user,
+       f.available_seats, f.pending, ins.*
+FROM facts f LEFT JOIN ins ON true
+"""
+)
+BOOKING_COLUMNS = [column.key for column in Booking.__table__.columns]
+NO_PENDING_CAP = 2**31 - 1
+
+
+def request_booking(
+    session: Session,
+    user_id: int,
+    data: BookingCreate,
+    *,
+    idempotency_key: str | None,
+    signal: Signal,
+    max_pending: int | None = None,
+    booking_id: str | None = None,
+) -> tuple[Booking, bool]:
+    """Record a booking request as pending. Returns the booking and whether it is new.
+
+    Only what is cheap is checked here: the user (a token of a deleted user is refused), the
+    event exists and has not started, the quantity is allowed, the user has fewer than
+    ``max_pending`` undecided requests (429; a soft cap, racing requests of one user may pass
+    it by a few), and the event shows at least as many seats left as asked for: otherwise 409
+    SOLD_OUT at once and nothing is stored, since bookings still queued can only take seats
+    away (seats a queued cancellation frees go to later requests). Whether the seats are
+    really there, the per-user limit and the start time are then decided by the worker in
+    arrival order. ``booking_id`` lets the caller listen for the decision before the row
+    exists. A retry with the same ``Idempotency-Key`` gets the booking its first request
+    created.
+    """
+    fingerprint = request_hash(data)
+    row = (
+        session.execute(
+            INTAKE,
+            {
+                "user_id": user_id,
+                "event_id": data.event_id,
+                "quantity": data.quantity,
+                "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
+                "booking_id": booking_id or new_booking_id(),
+                "idempotency_key": idempotency_key,
+                "request_hash": fingerprint,
+            },
+        )
+        .mappings()
+        .one()
+    )
+    if row["known_user"] is None:
+        raise InvalidToken()
+    if row["known_event"] is None:
+        raise EventNotFound()
+    if row["id"] is not None:
+        on_commit(session, lambda: signal(data.event_id))
+        return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
+    if not row["open"]:
+        raise EventPast()
+    if data.quantity > row["max_seats_per_user"]:
+        message = f"at most {row['max_seats_per_user']} seats per user for this event"
+        raise ValidationFailed(details=[{"field": "quantity", "message": message}])
+    # Refused, or an idempotent replay: a retry of a request already stored gets its booking.
+    existing = _replayed(session, user_id, idempotency_key, fingerprint)
+    if existing is not None:
+        return existing, False
+    if max_pending is not None and row["pending"] >= max_pending:
+        raise TooManyPending(headers={"Retry-After": "1"})
+    seats = row["available_seats"]
+    raise SoldOut(details=[{"field": "quantity", "message": f"{seats} seats left"}])
+
+
+def _replayed(
+    session: Session, user_id: int, idempotency_key: str | None, fingerprint: str
+) -> Booking | None:
+    """The booking an earlier request with this Idempotency-Key created, if any."""
+    if idempotency_key is None:
+        return None
+    existing = session.scalar(
+        select(Booking).where(
+            Booking.user_id == user_id, Booking.idempotency_key == idempotency_key
+        )
+    )
+    if existing is not None and existing.request_hash != fingerprint:
+        raise IdempotencyKeyReused()
+    return existing
+
+
+def get_booking(
+    session: Session, actor: User, booking_id: str, *, for_update: bool = False
+) -> Booking:
+    """A booking the actor may see; someone else's is reported as not found."""
+    query = select(Booking).where(Booking.booking_id == booking_id)
+    if for_update:
+        query = query.with_for_update()
+    booking = session.scalar(query)
+    if booking is None or (booking.user_id != actor.id and not actor.is_admin):
+        raise BookingNotFound()
+    return booking
+
+
+def request_cancellation(session: Session, actor: User, booking_id: str, signal: Signal) -> Booking:
+    """Record the wish to cancel; the worker frees the seats. Asking twice is harmless."""
+    booking = get_booking(session, actor, booking_id, for_update=True)
+    if booking.status == "cancelled":
+        raise AlreadyCancelled()
+    if booking.status == "rejected":
+        raise BookingRejected()
+    if booking.cancel_requested_at is not None:
+        return booking
+    event = session.get(Event, booking.event_id)
+    if event is not None and event.event_date <= datetime.now(UTC):
+        raise EventPast("A booking cannot be cancelled once the event has started")
+    booking.cancel_requested_at = datetime.now(UTC)
+    session.flush()
+    on_commit(session, lambda: signal(booking.event_id))
+    return booking
+
+
+def list_user_bookings(
+    session: Session, user: User, *, status: str | None, limit: int, offset: int
+) -> tuple[list[Booking], int]:
+    query = select(Booking).where(Booking.user_id == user.id)
+    if status:
+        query = query.where(Booking.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Booking.id.desc()).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def event_bookings_query(session: Session, actor: User, event_id: int, status: str | None):  # type: ignore[no-untyped-def]
+    event = get_event(session, event_id)
+    if not can_manage(actor, event):
+        raise Forbidden("Only an admin or the event's creator can list its bookings")
+    query = select(Booking).where(Booking.event_id == event_id)
+    if status:
+        query = query.where(Booking.status == status)
+    return query.order_by(Booking.id)
+
+
+def list_event_bookings(
+    session: Session, actor: User, event_id: int, *, status: str | None, limit: int, offset: int
+) -> tuple[list[Booking], int]:
+    query = event_bookings_query(session, actor, event_id, status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.limit(limit).offset(offset))), total
+
+
+def iter_event_bookings(
+    session: Session, actor: User, event_id: int, status: str | None
+) -> Iterator[Booking]:
+    query = event_bookings_query(session, actor, event_id, status)
+    yield from session.scalars(query.execution_options(yield_per=1000))
+
+
+def booking_logs(session: Session, actor: User, booking_id: str) -> list[BookingLog]:
+    booking = get_booking(session, actor, booking_id)
+    rows = session.scalars(
+        select(BookingLog)
+        .where(BookingLog.booking_id == booking.booking_id)
+        .order_by(BookingLog.id)
+    )
+    return list(rows)
+
+
+def drain_event(
+    factory: sessionmaker[Session],
+    event_id: int,
+    *,
+    batch_size: int,
+    worker: str,
+    publish: Callable[[list[Decision]], object],
+) -> list[Decision]:
+    """Decide every queued request of one event, a batch per transaction, publishing each
+    batch after it commits. Safe to run twice or in parallel: only undecided rows are touched,
+    and the event row lock makes concurrent drains of one event take turns.
+    """
+    decided: list[Decision] = []
+    while True:
+        with session_scope(factory) as session:
+            batch = procedures.process_event_queue(session, event_id, batch_size, worker)
+            if batch:
+                on_commit(session, lambda batch=batch: publish(batch))  # type: ignore[misc]
+        decided.extend(batch)
+        if len(batch) < batch_size:
+            return decided
+
+
+def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
+    """Events with a request waiting longer than it should: their signal was lost."""
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
+    pending = select(Booking.event_id).where(
+        Booking.status == "pending", Booking.created_at < cutoff
+    )
+    cancelling = select(Booking.event_id).where(
+        Booking.status.in_(("pending", "confirmed")), Booking.cancel_requested_at < cutoff
+    )
+    return sorted(set(session.scalars(pending.union(cancelling))))

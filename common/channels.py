@@ -1,0 +1,69 @@
+"""Redis key and pub/sub channel names, built in one place for the API, the worker and tests."""
+
+from __future__ import annotations
+
+from functools import cache
+from urllib.parse import urlparse
+
+from common.settings import get_settings
+
+PREFIX = "ebs"
+
+
+@cache
+def _namespace(redis_url: str) -> str:
+    path = urlparse(redis_url).path.strip("/")
+    return f"{PREFIX}:{path if path.isdigit() else 0}"
+
+
+def namespace() -> str:
+    """Keys live in one Redis db, but pub/sub channels are shared by the whole server: channels
+    carry the db number, so deployments (or a dev server and a test run) sharing one Redis
+    server never hear each other's messages."""
+    return _namespace(get_settings().REDIS_URL)
+
+
+def events_pattern() -> str:
+    """What the API's single subscriber listens on for seat and admin changes."""
+    return f"{namespace()}:event:*"
+
+
+def users_pattern() -> str:
+    return f"{namespace()}:user:*"
+
+
+def control_channel() -> str:
+    return f"{namespace()}:control"
+
+
+def event_channel(event_id: int) -> str:
+    """Seat changes and admin changes of one event."""
+    return f"{namespace()}:event:{event_id}"
+
+
+def user_channel(user_id: int) -> str:
+    """Decisions on one user's bookings (``booking_status``), for that user's sockets only."""
+    return f"{namespace()}:user:{user_id}"
+
+
+def parse_channel(channel: str) -> tuple[str, int] | None:
+    """``("event", 7)`` for ``ebs:0:event:7``; None for anything else."""
+    head, _, rest = channel.rpartition(":")
+    base, _, kind = head.rpartition(":")
+    if base != namespace() or not rest.isdigit():
+        return None
+    return kind, int(rest)
+
+
+def signal_key(event_id: int) -> str:
+    """Set while a drain task for the event is queued, so a burst sends a handful of tasks."""
+    return f"{PREFIX}:signal:event:{event_id}"
+
+
+def metric_key(name: str) -> str:
+    return f"{PREFIX}:metrics:{name}"
+
+
+def rate_key(scope: str, ident: str) -> str:
+    """A fixed-window counter of ``common.ratelimit`` (e.g. login attempts per account)."""
+    return f"{PREFIX}:rate:{scope}:{ident}"
