@@ -1,0 +1,83 @@
+"""The live page in a real browser: Debian's Chromium driven by Playwright, against real uvicorn
+and a real worker. ``make test`` installs Chromium when it is missing (Makefile ``chromium``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import Engine
+
+from tests.conftest import ROOT, ApiProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 30_000  # a hang guard for each expectation, not a measurement
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    assert CHROMIUM.exists(), "run `make test`: it installs Debian's chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def api(engine: Engine, worker: Any) -> Iterator[ApiProcess]:
+    proc = ApiProcess("api-live-page").start()
+    yield proc
+    proc.stop()
+
+
+def test_live_page_shows_seats_drop_and_the_booking_decided(
+    page: Page, api, make_user, make_event, token_for
+):
+    make_user(email="fan@example.com")
+    other = make_user()
+    event = make_event(capacity=20, max_per_user=10, name="Jazz Night")
+
+    page.goto(f"{api.url}/live")
+    page.fill("#email", "fan@example.com")
+    page.fill("#password", "password123")
+    page.click("#login button[type=submit]")
+
+    row = page.locator(f'tr[data-event-id="{event.id}"]')
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("20", timeout=WAIT_MS)
+
+    row.locator(".quantity").fill("3")
+    row.locator(".book").click()
+    # The worker decides it; the page hears the seat count and the decision on its socket.
+    expect(row.locator(".available")).to_have_text("17", timeout=WAIT_MS)
+    status = page.locator("#bookings tr .status")
+    expect(status).to_have_count(1, timeout=WAIT_MS)
+    expect(status).to_have_text("confirmed", timeout=WAIT_MS)
+
+    # Someone else books elsewhere: the count moves without a reload, no status of theirs shows.
+    response = httpx.post(
+        f"{api.url}/api/bookings",
+        json={"eventId": event.id, "quantity": 5},
+        headers={"Authorization": f"Bearer {token_for(other)}", "Prefer": "wait=30"},
+        timeout=60,
+    )
+    assert response.status_code == 201, response.text
+    expect(row.locator(".available")).to_have_text("12", timeout=WAIT_MS)
+    expect(status).to_have_count(1)
+
+    page.screenshot(path=str(ROOT / ".run" / "live-page.png"), full_page=True)
