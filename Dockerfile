@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# One image for every process of the service: api, worker, beat, flower and the migrate job
+# (docker-compose.yml picks the command). Multi-stage: compilers and pip stay in "build"; the
+# runtime stage holds the virtualenv and the source, and runs as an unprivileged user.
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /app
+# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
+# The editable install points /opt/venv at /app, where `ebs db upgrade` finds alembic.ini and
+# migrations/ beside the code (a plain wheel would leave them behind).
+COPY pyproject.toml ./
+RUN mkdir api worker common && touch api/__init__.py worker/__init__.py common/__init__.py \
+    celeryconfig.py && pip install -e .
+COPY api ./api
+COPY worker ./worker
+COPY common ./common
+COPY migrations ./migrations
+COPY celeryconfig.py alembic.ini ./
+
+FROM python:${PYTHON_VERSION}-slim AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    APP_ENV=production
+RUN groupadd --system --gid 10001 ebs \
+    && useradd --system --uid 10001 --gid ebs --home-dir /app --shell /usr/sbin/nologin ebs
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=root:root /app /app
+WORKDIR /app
+USER 10001:10001
+# The API's port (the original image exposed 3000 while the server listened elsewhere).
+EXPOSE 8000
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30"]

@@ -1,0 +1,239 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine (none runs here).
+
+What can be checked statically is: every service's command exists in this project and parses
+with that program's own CLI, every environment variable is a real setting and the production
+combination is accepted by ``Settings``, ports and healthchecks agree with what each process
+listens on, and ``depends_on`` conditions point at something that can satisfy them. Whether
+the images build and the containers start was not run (docs/SETUP.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.settings import Settings
+from tests.conftest import ROOT
+
+OURS = {"migrate", "api", "worker", "beat", "flower"}
+SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET", "METRICS_TOKEN", "FLOWER_PASSWORD"}
+INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+@cache
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def interpolate(value: str, given: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``, with ``given`` as .env."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, op, arg = match.groups()
+        if name in given:
+            return given[name]
+        if op and op.endswith("?"):
+            raise KeyError(f"{name} is required: {arg}")
+        return arg if op and op.endswith("-") else ""
+
+    return INTERPOLATION.sub(replace, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """The program's argv, looking through ``sh -c 'exec ...'`` wrappers."""
+    command = service["command"]
+    command = shlex.split(command) if isinstance(command, str) else list(command)
+    if command[:2] == ["sh", "-c"]:
+        script = command[2].replace("$$", "$")
+        command = shlex.split(script.split("exec ", 1)[1])
+    return command
+
+
+def listen_port(args: list[str]) -> int | None:
+    for i, arg in enumerate(args):
+        if arg == "--port":
+            return int(args[i + 1])
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+def example_env() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        name = line.lstrip("# ").split("=", 1)[0]
+        if "=" in line and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            values[name] = line.split("=", 1)[1]
+    return values
+
+
+def test_the_services_the_issue_asks_for():
+    assert set(services()) == {"postgres", "redis", *OURS}
+    for name in OURS:
+        assert services()[name]["build"] == ".", name
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_every_command_exists_in_the_project(name):
+    args = argv(services()[name])
+    program = args[0]
+    if program == "ebs":
+        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        assert scripts["ebs"] == "common.cli:app"
+        import typer
+
+        from common.cli import app
+
+        command: Any = typer.main.get_command(app)
+        for word in args[1:]:
+            assert word in getattr(command, "commands", {}), args
+            command = command.commands[word]
+    elif program == "uvicorn":
+        module, attr = args[1].split(":")
+        tree = ast.parse((ROOT / Path(*module.split("."))).with_suffix(".py").read_text())
+        assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)}  # fmt: skip
+        assert attr in assigned, f"{module} defines no {attr}"
+        from uvicorn.main import main as uvicorn_cli
+
+        uvicorn_cli.make_context("uvicorn", list(args[1:]))
+    elif program == "celery":
+        check_celery(args)
+    else:
+        pytest.fail(f"{name}: unknown program {program}")
+
+
+def check_celery(args: list[str]) -> None:
+    from celery import Celery
+    from celery.bin.base import CLIContext
+    from celery.bin.celery import celery as celery_cli
+
+    from celeryconfig import task_queues
+
+    assert args[1:3] == ["-A", "worker.app"], args
+    from worker.app import app
+
+    assert isinstance(app, Celery)
+    sub, rest = args[3], args[4:]
+    assert sub in celery_cli.commands, sub
+    obj = CLIContext(app=app, no_color=True, workdir=None, quiet=True)
+    ctx = celery_cli.commands[sub].make_context(sub, list(rest), obj=obj)
+    if sub == "worker":
+        assert set(ctx.params["queues"]) <= {q.name for q in task_queues}
+        # Unique per container, so `--scale worker=N` gives N distinct nodes.
+        assert "%h" in rest[rest.index("--hostname") + 1]
+    if sub == "flower":
+        from flower.options import options
+
+        for option in ctx.params["tornado_argv"]:
+            assert option.lstrip("-").split("=")[0] in options._options, option
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_environment_is_made_of_real_settings_and_valid_in_production(name, monkeypatch):
+    for field in Settings.model_fields:  # only what the container would have
+        monkeypatch.delenv(field, raising=False)
+    environment = services()[name].get("environment", {})
+    unknown = set(environment) - set(Settings.model_fields)
+    assert not unknown, f"{name}: not settings: {unknown}"
+    given = dict.fromkeys(SECRETS, "x" * 40) | {"FLOWER_USER": "ops"}
+    env = {key: interpolate(str(value), given) for key, value in environment.items()}
+    settings = Settings(_env_file=None, **env)  # type: ignore[call-arg]
+    assert settings.APP_ENV == "production"
+
+
+def test_secrets_have_no_default_and_every_variable_is_in_env_example():
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = {m.group(1): m.group(2) for m in INTERPOLATION.finditer(text)}
+    for secret in SECRETS:
+        assert used.get(secret) == ":?", f"{secret} must be required, never defaulted"
+    assert set(used) <= set(example_env()), set(used) - set(example_env())
+
+
+def test_ports_and_healthchecks_agree_with_what_each_process_listens_on():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    exposed = {int(p) for p in re.findall(r"^EXPOSE\s+(\d+)", dockerfile, re.M)}
+    for name in OURS:
+        service = services()[name]
+        port = listen_port(argv(service))
+        for mapping in service.get("ports", []):
+            assert int(str(mapping).split(":")[-1]) == port, (name, mapping)
+        health = " ".join(service.get("healthcheck", {}).get("test", []))
+        for checked in re.findall(r"127\.0\.0\.1:(\d+)", health):
+            assert int(checked) == port, (name, health)
+        if "PORT" in service.get("environment", {}):
+            assert int(service["environment"]["PORT"]) == port
+    assert listen_port(argv(services()["api"])) in exposed
+    assert "/health" in " ".join(services()["api"]["healthcheck"]["test"])
+    # Flower is for operators: loopback of the host only, and behind basic auth.
+    assert services()["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert any(a.startswith("--basic-auth=") for a in argv(services()["flower"]))
+
+
+def test_dependencies_can_be_satisfied():
+    for name, service in services().items():
+        for target, spec in service.get("depends_on", {}).items():
+            assert target in services(), (name, target)
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services()[target], (name, target)
+            elif condition == "service_completed_successfully":
+                assert services()[target].get("restart") == "no", (name, target)
+    for name in OURS - {"migrate"}:
+        assert services()[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_data_services_keep_their_data_and_redis_never_evicts():
+    postgres, redis = services()["postgres"], services()["redis"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    command = " ".join(argv(redis))
+    for part in ("--appendonly yes", "--maxmemory-policy noeviction", "--requirepass"):
+        assert part in command
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_workers_scale_and_stop_warm():
+    worker = services()["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    import celeryconfig
+
+    # SIGTERM lets running tasks finish; compose must wait longer than a task may run.
+    grace = int(worker["stop_grace_period"].rstrip("s"))
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert grace > celeryconfig.task_time_limit
+
+
+def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists():
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) >= 2
+    final = lines[lines.index(stages[-1]) :]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    for line in lines:
+        if line.startswith("COPY ") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), line
+    cmd = next(line for line in reversed(final) if line.startswith("CMD "))
+    assert "api.main:app" in cmd and '"8000"' in cmd
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".env", ".venv", ".git"} <= set(ignored)
