@@ -1,0 +1,113 @@
+"""The synchronous design this service replaced, kept only as a benchmark baseline.
+
+Registered only when ``ENABLE_SYNC_BASELINE`` is on (refused in production). The request books
+by itself, as the original did: a cheap unlocked check of the event first (unknown, started, sold
+out, quantity above the limit), then one call of the single-booking procedure ``create_booking``,
+which takes the event row lock, and one transaction per booking. It answers 201 or 409 at once.
+
+It is written to be as fast as that design can be, so the benchmark compares designs, not a
+straw man: the same pool and the same token check as the queued intake, the user looked up in
+the same round trip as the unlocked check, one round trip for the procedure, and the lock held
+only until the commit.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import TokenUserId
+from api.envelope import Envelope, error_responses, ok
+from common.bookings import procedures
+from common.bookings.schemas import BookingCreate, BookingRead
+from common.bookings.service import new_booking_id
+from common.db import session_scope
+from common.errors import (
+    DomainError,
+    EventNotFound,
+    EventPast,
+    InvalidToken,
+    LimitExceeded,
+    SoldOut,
+    ValidationFailed,
+)
+from common.events.models import Event
+from common.users import service as users_service
+from common.users.models import User
+
+router = APIRouter(prefix="/api/bench", tags=["benchmark"])
+
+REJECTIONS: dict[str, type[DomainError]] = {
+    "sold_out": SoldOut,
+    "limit_exceeded": LimitExceeded,
+    "event_past": EventPast,
+    "not_found": EventNotFound,
+}
+
+
+def book_synchronously(state: object, user_id: int, body: BookingCreate) -> BookingRead:
+    """Check without a lock, then book under the event row lock; commit before returning."""
+    factory = state.session_factory  # type: ignore[attr-defined]
+    booking_id = new_booking_id()
+    with session_scope(factory) as session:
+        # The token's user and the event in one round trip, as the queued intake does.
+        user_exists = select(User.id).where(User.id == user_id).exists()
+        row = session.execute(
+            select(
+                Event.available_seats, Event.event_date, Event.max_seats_per_user, user_exists
+            ).where(Event.id == body.event_id)
+        ).one_or_none()
+        if row is None:
+            users_service.get_active(session, user_id)  # a deleted user is told so first
+            raise EventNotFound()
+        available, event_date, max_per_user, known_user = row
+        if not known_user:
+            raise InvalidToken()
+        if event_date <= datetime.now(UTC):
+            raise EventPast()
+        if body.quantity > max_per_user:
+            raise ValidationFailed(
+                details=[{"field": "quantity", "message": f"at most {max_per_user} seats per user"}]
+            )
+        if available < body.quantity:
+            # Most of a flash sale ends here, without touching the lock.
+            raise SoldOut()
+        outcome = procedures.create_booking(
+            session, user_id, body.event_id, booking_id, body.quantity
+        )
+    # The rejected row the procedure wrote is committed before the 409 goes out.
+    if outcome != "confirmed":
+        raise REJECTIONS.get(outcome, SoldOut)(details=[{"bookingId": booking_id}])
+    now = datetime.now(UTC)
+    return BookingRead(
+        booking_id=booking_id,
+        event_id=body.event_id,
+        user_id=user_id,
+        quantity=body.quantity,
+        status="confirmed",
+        reason=None,
+        created_at=now,
+        decided_at=now,
+        cancel_requested_at=None,
+        cancelled_at=None,
+    )
+
+
+@router.post(
+    "/bookings-sync",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Envelope[BookingRead],
+    responses=error_responses(400, 401, 404, 409),
+)
+async def create_booking_sync(
+    body: BookingCreate, request: Request, user_id: TokenUserId
+) -> JSONResponse:
+    """Book synchronously (benchmark baseline only): 201 confirmed or 409 with the reason."""
+    booking = await run_in_threadpool(book_synchronously, request.app.state, user_id, body)
+    return JSONResponse(
+        ok(booking.model_dump(mode="json", by_alias=True)), status_code=status.HTTP_201_CREATED
+    )

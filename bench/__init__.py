@@ -1,0 +1,1 @@
+"""Benchmarks run against real processes: ``python -m bench.flash_sale`` (``make bench``)."""

@@ -1,0 +1,65 @@
+"""The flash-sale benchmark on a tiny case: its correctness figures, never its timings.
+
+It runs as a user would run it (``python -m bench.flash_sale``), against the test database and
+Redis db and this session's real worker, with its own uvicorn.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TEST_DATABASE_URL, TEST_REDIS_URL
+
+pytestmark = pytest.mark.slow
+
+SEATS = 20
+DRAIN_SEATS = 50
+
+
+def test_flash_sale_tool_reports_no_oversell_no_loss_no_5xx(engine, worker, tmp_path):
+    argv = [sys.executable, "-m", "bench.flash_sale",
+            "--clients", "8", "--requests", "60", "--seats", str(SEATS), "--users", "30",
+            "--ws-subscribers", "2", "--drain-backlog", "200", "--drain-seats", str(DRAIN_SEATS),
+            "--api-workers", "1", "--wait", "20", "--warmup", "20",
+            "--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL,
+            "--reuse-database", "--no-worker", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "decisions/s" in run.stdout  # the table was printed
+
+    [path] = tmp_path.glob("flash-sale-*.json")
+    summary = json.loads(path.read_text())
+    assert list(tmp_path.glob("flash-sale-*.png"))
+    for design in ("queued", "sync"):
+        result = summary["designs"][design]
+        assert result["requests"] == 60
+        assert result["fiveXX"] == 0, result["httpStatus"]
+        assert result["oversell"] == 0
+        assert result["lost"] == 0
+        assert result["outcomes"]["errors"] == 0
+        # More requests than seats: every seat sold, and the clients were told exactly that.
+        assert result["confirmedSeats"] == SEATS
+        assert result["outcomes"]["confirmed"] == SEATS
+        assert result["outcomes"]["rejected"] == 60 - SEATS
+        assert result["confirmedMatchesDatabase"]
+
+    ws = summary["designs"]["queued"]["websocket"]
+    if ws["available"]:
+        assert ws["correct"] == ws["subscribers"] == 2, ws
+        assert ws["finalSeats"] == [0]
+    else:
+        assert ws["reason"]
+
+    drain = summary["drain"]
+    assert drain["worker"]["left"] == 0
+    assert drain["worker"]["confirmedSeats"] == DRAIN_SEATS
+    assert drain["singleBookingLoop"]["confirmedSeats"] == DRAIN_SEATS
+    assert (
+        drain["worker"]["invariantViolations"]
+        == drain["singleBookingLoop"]["invariantViolations"]
+        == 0
+    )
