@@ -1,0 +1,620 @@
+"""Faults during a flash sale: nothing accepted is lost, nothing is decided twice.
+
+Each test runs a real stack of its own: a private ``redis-server`` on a free port (so killing
+it, or the worker, touches nobody else's processes and no other test's worker can steal its
+tasks), a ``celery worker``, ``celery beat`` (the sweeper) and ``uvicorn``. Clients book
+concurrently while the fault happens; they behave like good clients, retrying with the same
+``Idempotency-Key`` when the connection breaks. Afterwards every test checks the same things
+(``assert_sale_settled``): every request is stored exactly once and decided exactly once, the
+seats add up, and the audit log has exactly one decision per booking.
+
+"While it decides a batch" is made certain, not hoped for: the test holds a row lock on a
+pending booking, so the worker's batch transaction stops inside ``process_event_queue`` after
+it has locked the event and chosen its decisions; the fault is injected at that moment.
+
+The bounds passed to ``wait_until`` only keep a broken run from hanging (docs/RELIABILITY.md
+states the real recovery bounds); nothing here asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, text
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    ApiProcess,
+    BeatProcess,
+    WorkerProcess,
+    free_port,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+APP_NAME = "ebs-faults-worker"  # PGAPPNAME of the test's worker: what pg_terminate aims at
+SETTLE = 120  # seconds; a hang guard, far above the documented bounds
+CAPACITY = 60
+
+
+# ---------------------------------------------------------------- the stack
+
+
+class RedisServer:
+    """A private redis-server that keeps nothing on disk, so a restart loses everything."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ebs-faults-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--logfile", ""]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 30, "private redis")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    env: dict[str, str]
+    worker: WorkerProcess
+    beat: BeatProcess
+    api: ApiProcess
+
+    def restart_worker(self) -> None:
+        name = f"{self.worker.name}-restarted"
+        self.worker = WorkerProcess(name, **self.env, PGAPPNAME=APP_NAME).start()
+
+    def restart_api(self) -> None:
+        port = self.api.port
+        self.api = ApiProcess(f"{self.api.name}-restarted", **self.env, PGAPPNAME="ebs-faults-api")
+        self.api.port = port  # same address: clients reconnect to where they were
+        self.api.start()
+
+
+@pytest.fixture
+def stack(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    server = RedisServer().start()
+    tag = request.node.name.removeprefix("test_")[:24]  # logs: .run/test-faults-<tag>-*.log
+    env = {
+        "REDIS_URL": server.url,
+        "BATCH_SIZE": "10",  # many small batches, so faults land between and inside them
+    }
+    procs: list[Any] = []
+    built: Stack | None = None
+    try:
+        procs += [
+            WorkerProcess(f"faults-{tag}-worker", **env, PGAPPNAME=APP_NAME),
+            BeatProcess(f"faults-{tag}-beat", **env),
+            ApiProcess(f"faults-{tag}-api", **env, PGAPPNAME="ebs-faults-api"),
+        ]
+        with ThreadPoolExecutor(3) as pool:  # in parallel: each waits for its own readiness
+            list(pool.map(lambda proc: proc.start(), procs))
+        built = Stack(server, env, *procs)
+        yield built
+    finally:
+        if built is not None:
+            procs += [built.worker, built.api]  # the restarted ones
+        for proc in procs:
+            if proc.proc is not None:
+                proc.stop(9)
+        server.close()
+
+
+# ---------------------------------------------------------------- clients
+
+
+TERMINAL = {"SOLD_OUT", "LIMIT_EXCEEDED", "EVENT_PAST"}
+SEAT_MESSAGES = {"booking_created", "booking_cancelled", "seat_update"}
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: int
+    body: dict[str, Any]
+    attempts: int
+
+    @property
+    def booking_id(self) -> str | None:
+        data = self.body.get("data") or {}
+        if "bookingId" in data:
+            return data["bookingId"]
+        for detail in (self.body.get("error") or {}).get("details", []):
+            if "bookingId" in detail:
+                return detail["bookingId"]
+        return None
+
+
+@dataclass
+class Sale:
+    """Concurrent clients booking one seat each, paced so the sale spans the fault."""
+
+    url: Callable[[], str]
+    event_id: int
+    tokens: list[str]
+    per_user: int = 3
+    pace: float = 0.2
+    prefer_wait: int | None = None
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    server_errors: list[tuple[int, str]] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    watcher: SeatWatcher | None = None
+
+    @property
+    def requests(self) -> int:
+        return len(self.tokens) * self.per_user
+
+    def book(self, token: str, key: str) -> Outcome:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+        if self.prefer_wait:
+            headers["Prefer"] = f"wait={self.prefer_wait}"
+        body = {"eventId": self.event_id, "quantity": 1}
+        attempts = 0
+        deadline = time.monotonic() + SETTLE
+        while True:
+            attempts += 1
+            try:
+                response = httpx.post(
+                    f"{self.url()}/api/bookings", json=body, headers=headers, timeout=60
+                )
+            except httpx.TransportError:
+                # The answer was lost, not necessarily the request: retry with the same key.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            if response.status_code >= 500:
+                self.server_errors.append((response.status_code, response.text))
+            if response.status_code in (429, 503) and time.monotonic() < deadline:
+                time.sleep(float(response.headers.get("Retry-After", "0.5")))
+                continue
+            return Outcome(key, response.status_code, response.json(), attempts)
+
+    def _client(self, n: int, token: str) -> list[Outcome]:
+        done = []
+        for i in range(self.per_user):
+            done.append(self.book(token, f"sale-{n}-{i}-{uuid.uuid4().hex[:8]}"))
+            time.sleep(self.pace)
+        return done
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(max_workers=min(len(self.tokens), 24)) as pool:
+            for outcomes in pool.map(self._client, range(len(self.tokens)), self.tokens):
+                for outcome in outcomes:
+                    self.outcomes[outcome.key] = outcome
+
+    def start(self) -> Sale:
+        self._thread = threading.Thread(target=self.run, name="flash-sale", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        assert self._thread is not None
+        self._thread.join(SETTLE)
+        assert not self._thread.is_alive(), "clients never got their answers"
+
+
+@pytest.fixture
+def flash_sale(stack, make_user, make_event, token_for) -> Iterator[Callable[..., Sale]]:
+    def make(users: int = 40, **options: Any) -> Sale:
+        event = make_event(capacity=CAPACITY, max_per_user=10)
+        tokens = [token_for(make_user()) for _ in range(users)]
+        sale = Sale(lambda: stack.api.url, event.id, tokens, **options)
+        sale.watcher = SeatWatcher(lambda: stack.api.ws_url, event.id, tokens[0]).start()
+        watchers.append(sale.watcher)
+        wait_until(lambda: sale.watcher.connections, 60, "the live page to connect")
+        return sale
+
+    watchers: list[SeatWatcher] = []
+    yield make
+    for watcher in watchers:
+        watcher.stop()
+
+    return make
+
+
+# ---------------------------------------------------------------- a live page watching the sale
+
+
+class SeatWatcher:
+    """A WebSocket client on ``/ws/events/{id}`` that behaves as the protocol asks: it keeps the
+    newest ``version`` it has seen (snapshot, seat update or resync) and, when the connection
+    drops, reconnects and starts again from the snapshot it is sent."""
+
+    def __init__(self, url: Callable[[], str], event_id: int, token: str) -> None:
+        self.url, self.event_id, self.token = url, event_id, token
+        self.version = -1
+        self.available: int | None = None
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="seat-watcher", daemon=True)
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        if data.get("eventId", self.event_id) == self.event_id and data["version"] >= self.version:
+            self.version, self.available = data["version"], data["availableSeats"]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            address = f"{self.url()}/ws/events/{self.event_id}?token={self.token}"
+            try:
+                with ws_connect(address, open_timeout=5, close_timeout=1) as ws:
+                    self.connections += 1
+                    while not self._stop.is_set():
+                        try:
+                            message = json.loads(ws.recv(timeout=0.2))
+                        except TimeoutError:
+                            continue
+                        kind, data = message.get("type"), message.get("data") or {}
+                        if kind == "subscribed" or kind in SEAT_MESSAGES:
+                            self._apply(data)
+                        elif kind == "resync":
+                            for snapshot in data.get("events", []):
+                                self._apply(snapshot)
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
+                time.sleep(0.2)  # the API restarting, say: come back and resubscribe
+
+    def start(self) -> SeatWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def assert_converged(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            truth = conn.execute(
+                text("SELECT available_seats, version FROM events WHERE id = :e"),
+                {"e": self.event_id},
+            ).one()
+        wait_until(
+            lambda: (self.available, self.version) == tuple(truth),
+            SETTLE,
+            f"the live page to show {tuple(truth)}",
+        )
+
+
+# ---------------------------------------------------------------- what must hold afterwards
+
+
+def settled(engine: Engine, event_id: int) -> bool:
+    with engine.connect() as conn:
+        return not conn.execute(
+            text(
+                "SELECT 1 FROM bookings WHERE event_id = :e AND (status = 'pending'"
+                " OR (cancel_requested_at IS NOT NULL AND status = 'confirmed')) LIMIT 1"
+            ),
+            {"e": event_id},
+        ).first()
+
+
+def assert_sale_settled(
+    engine: Engine, sale: Sale, supervise: Callable[[], object] = lambda: None
+) -> None:
+    sale.join()
+
+    def done() -> bool:
+        supervise()
+        return settled(engine, sale.event_id)
+
+    wait_until(done, SETTLE, "every booking decided")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT booking_id, idempotency_key, status, reason FROM bookings"
+                " WHERE event_id = :e ORDER BY id"
+            ),
+            {"e": sale.event_id},
+        ).all()
+        logs = conn.execute(
+            text(
+                "SELECT l.booking_id, l.action FROM booking_logs l"
+                " WHERE l.event_id = :e ORDER BY l.id"
+            ),
+            {"e": sale.event_id},
+        ).all()
+        violations = conn.execute(text("SELECT * FROM seat_invariant_violations()")).all()
+        available = conn.execute(
+            text("SELECT available_seats FROM events WHERE id = :e"), {"e": sale.event_id}
+        ).scalar_one()
+
+    # No 500, ever; every client got an answer that is an acceptance or a decision.
+    assert [s for s, _ in sale.server_errors if s != 503] == [], sale.server_errors[:3]
+    assert len(sale.outcomes) == sale.requests
+    for outcome in sale.outcomes.values():
+        assert outcome.status in (201, 202, 409), outcome
+        if outcome.status == 409:
+            assert outcome.body["error"]["code"] in TERMINAL, outcome
+
+    # Durable and exactly once: each accepted request (its Idempotency-Key) is one row, no more.
+    # A 409 naming no booking was refused at intake (no seats left at all) and stored nothing.
+    accepted = {k: o for k, o in sale.outcomes.items() if o.booking_id is not None}
+    refused = [o for o in sale.outcomes.values() if o.booking_id is None]
+    assert all(o.status == 409 and o.body["error"]["code"] == "SOLD_OUT" for o in refused)
+    keys = Counter(r.idempotency_key for r in rows)
+    assert set(keys) == set(accepted), "an accepted request was lost, or one appeared"
+    assert max(keys.values()) == 1, "a retried request was stored twice"
+    by_id = {r.booking_id: r for r in rows}
+    for outcome in accepted.values():
+        assert by_id[outcome.booking_id].idempotency_key == outcome.key
+        if outcome.status == 201:
+            assert by_id[outcome.booking_id].status == "confirmed"
+        elif outcome.status == 409:
+            assert by_id[outcome.booking_id].status == "rejected"
+
+    # Decided: everything final, the sale oversold by demand but never by seats.
+    statuses = Counter(r.status for r in rows)
+    assert set(statuses) <= {"confirmed", "rejected"}, statuses
+    assert sale.requests > CAPACITY
+    assert statuses["confirmed"] == CAPACITY, "seats were lost or oversold"
+    # Requests beyond the seats end sold_out: decided by a worker, or refused at intake with
+    # nothing stored once the event showed no seats (then there may be no rejected row at all).
+    assert {r.reason for r in rows if r.status == "rejected"} <= {"sold_out"}
+    assert available == 0
+    assert violations == []
+
+    # The audit log: exactly one decision per booking, and the one the booking shows.
+    decisions = [(b, a) for b, a in logs if a in ("confirmed", "rejected")]
+    assert Counter(b for b, _ in decisions) == Counter({r.booking_id: 1 for r in rows})
+    assert all(by_id[b].status == a for b, a in decisions)
+    # One seat each and no cancellations: once one is refused for want of seats, no later
+    # decision confirms one (decisions happen in order, a batch at a time).
+    actions = [a for _, a in decisions]
+    if "rejected" in actions:
+        assert "confirmed" not in actions[actions.index("rejected") :]
+
+    # A live page that watched the whole sale ends on the database's numbers.
+    assert sale.watcher is not None
+    sale.watcher.assert_converged(engine)
+
+
+# ---------------------------------------------------------------- holding a batch mid-decision
+
+
+def worker_children(worker: WorkerProcess) -> list[int]:
+    assert worker.proc is not None
+    main = worker.proc.pid
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == main:
+                children.append(int(entry.name))
+    return children
+
+
+def pid_with_local_port(pids: list[int], port: int) -> int:
+    """Which of ``pids`` owns the TCP socket bound to local ``port`` (its DB connection)."""
+    for pid in pids:
+        try:
+            inodes = {
+                os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+                for fd in os.listdir(f"/proc/{pid}/fd")
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+            }
+            for table in ("tcp", "tcp6"):
+                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                    cols = line.split()
+                    if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                        return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no worker child owns local port {port}")
+
+
+class BatchHold:
+    """Hold a row lock on one pending booking: the next batch that includes it stops inside
+    ``process_event_queue`` (event row locked, decisions chosen, nothing committed)."""
+
+    def __init__(self, engine: Engine, event_id: int) -> None:
+        self.conn = engine.connect()
+        self.event_id = event_id
+        self.booking_id: str | None = None
+        self.backend: int = self.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+    def __enter__(self) -> BatchHold:
+        def grab() -> str | None:
+            return self.conn.execute(
+                text(
+                    "SELECT booking_id FROM bookings WHERE event_id = :e AND status = 'pending'"
+                    " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ),
+                {"e": self.event_id},
+            ).scalar()
+
+        self.booking_id = wait_until(grab, SETTLE, "a pending booking to hold", interval=0.02)
+        return self
+
+    def stuck_batch(self) -> tuple[int, int]:
+        """(backend pid, client port) of the worker transaction waiting on our lock."""
+
+        def find() -> tuple[int, int] | None:
+            with self.conn.engine.connect() as probe:
+                row = probe.execute(
+                    text(
+                        "SELECT pid, client_port FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name = :app"
+                        " AND :me = ANY (pg_blocking_pids(pid))"
+                    ),
+                    {"app": APP_NAME, "me": self.backend},
+                ).first()
+            return (row.pid, row.client_port) if row else None
+
+        return wait_until(find, SETTLE, "a worker batch blocked mid-decision", interval=0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+def decided_by(engine: Engine, booking_id: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT details->>'worker' FROM booking_logs WHERE booking_id = :b"
+                    " AND action IN ('confirmed', 'rejected')"
+                ),
+                {"b": booking_id},
+            ).scalars()
+        )
+
+
+# ---------------------------------------------------------------- the faults
+
+
+def test_kill_9_of_a_worker_child_mid_batch(engine, stack, flash_sale):
+    sale = flash_sale().start()
+    with BatchHold(engine, sale.event_id) as hold:
+        _, port = hold.stuck_batch()
+        victim = pid_with_local_port(worker_children(stack.worker), port)
+        os.kill(victim, 9)
+    assert_sale_settled(engine, sale)
+    # The held booking was decided once, and not by the child that died deciding it.
+    assert hold.booking_id is not None
+    assert decided_by(engine, hold.booking_id) != [f"{socket.gethostname()}:{victim}"]
+    assert len(decided_by(engine, hold.booking_id)) == 1
+    assert stack.worker.running, "the worker's main process survives a child's death"
+
+
+def test_kill_9_of_the_whole_worker_then_restart(engine, stack, flash_sale):
+    sale = flash_sale().start()
+    with BatchHold(engine, sale.event_id) as hold:
+        hold.stuck_batch()
+        stack.worker.stop(9)  # main process and children: the task in flight stays unacked
+    time.sleep(1)  # requests keep arriving with no worker at all
+    stack.restart_worker()
+    assert_sale_settled(engine, sale)
+
+
+def test_redis_restart_loses_queue_and_pubsub(engine, stack, flash_sale):
+    sale = flash_sale(per_user=4).start()
+    with BatchHold(engine, sale.event_id) as hold:
+        hold.stuck_batch()
+        stack.redis.kill()  # queue, unacked tasks, signal keys and subscriptions: all gone
+    time.sleep(1)
+    stack.redis.start()
+
+    def supervisor() -> None:
+        # Known upstream bug (kombu's Redis transport; celery/kombu issue 582 shows a similar
+        # trace): when the broker connection drops while tasks are unacked, restoring them
+        # raises AttributeError and the worker exits ("Unrecoverable error"). Production runs
+        # the worker under a supervisor (docker-compose: restart: unless-stopped); so does this
+        # test. What it proves is that nothing accepted is lost and nothing decided twice.
+        if not stack.worker.running:
+            stack.restart_worker()
+
+    assert_sale_settled(engine, sale, supervisor)
+    # And the stack is whole again afterwards, not just for this sale.
+    wait_until(lambda: httpx.get(f"{stack.api.url}/health").status_code == 200, 60, "health")
+
+
+def test_worker_database_connections_terminated(engine, stack, flash_sale):
+    sale = flash_sale().start()
+    with BatchHold(engine, sale.event_id) as hold:
+        backend, _ = hold.stuck_batch()
+        terminated = terminate_worker_backends(engine)
+        assert backend in terminated
+    for _ in range(3):  # and again while it recovers, wherever it is
+        time.sleep(0.3)
+        terminate_worker_backends(engine)
+    assert_sale_settled(engine, sale)
+    assert stack.worker.running
+
+
+def terminate_worker_backends(engine: Engine) -> list[int]:
+    """Only this test database's worker backends: never another database's connections."""
+    with engine.connect() as conn:
+        database = conn.execute(text("SELECT current_database()")).scalar_one()
+        assert database == TEST_DATABASE_URL.rsplit("/", 1)[1]
+        return list(
+            conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity, pg_terminate_backend(pid)"
+                    " WHERE datname = :db AND application_name = :app"
+                    " AND pid <> pg_backend_pid()"
+                ),
+                {"db": database, "app": APP_NAME},
+            ).scalars()
+        )
+
+
+def test_api_restart_while_clients_wait(engine, stack, flash_sale):
+    sale = flash_sale(users=30, per_user=3, pace=0, prefer_wait=30)
+    # Hold the event so nothing is decided: every client is left waiting on Prefer: wait.
+    # (NO KEY UPDATE: it blocks the worker's FOR UPDATE, not intake's foreign-key check.)
+    with engine.connect() as hold:
+        hold.execute(
+            text("SELECT 1 FROM events WHERE id = :e FOR NO KEY UPDATE"), {"e": sale.event_id}
+        )
+        sale.start()
+        waiting = min(24, len(sale.tokens))  # one request per client thread is in flight
+        wait_until(lambda: _pending(engine, sale.event_id) >= waiting, SETTLE, "clients waiting")
+        stack.api.stop(9)
+        stack.restart_api()
+        hold.rollback()
+    assert_sale_settled(engine, sale)
+    # Every client heard the decision itself (201 or 409), not just "still pending".
+    assert Counter(o.status for o in sale.outcomes.values()) == Counter(
+        {201: CAPACITY, 409: sale.requests - CAPACITY}
+    )
+    retried = [o for o in sale.outcomes.values() if o.attempts > 1]
+    assert len(retried) >= waiting, "the restart should have cut every waiting client off"
+
+
+def _pending(engine: Engine, event_id: int) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count(*) FROM bookings WHERE event_id = :e AND status = 'pending'"),
+            {"e": event_id},
+        ).scalar_one()
