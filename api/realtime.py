@@ -30,6 +30,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,7 +45,7 @@ from common.db import session_scope
 from common.errors import InvalidToken
 from common.events import service as events_service
 from common.pubsub import encode, now_iso
-from common.security import decode_access_token
+from common.security import read_access_token
 from common.settings import Settings
 from common.users import service as users_service
 
@@ -78,6 +79,7 @@ def _snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
 class Client:
     websocket: WebSocket
     user_id: int
+    expires_at: datetime  # the token's; the socket closes then (1008) and the client signs in again
     queue: asyncio.Queue[str | _Close]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     events: set[int] = field(default_factory=set)
@@ -267,8 +269,10 @@ class ConnectionManager:
         # The API's own page (/live) is same-origin wherever the API is served.
         return urlsplit(origin).netloc == websocket.headers.get("host")
 
-    async def _authenticate(self, websocket: WebSocket, token: str | None) -> int | str:
-        """The user id, or the reason to close with 1008."""
+    async def _authenticate(
+        self, websocket: WebSocket, token: str | None
+    ) -> tuple[int, datetime] | str:
+        """The user id and the token's expiry, or the reason to close with 1008."""
         if token is None:
             with anyio.move_on_after(AUTH_TIMEOUT):
                 message = await websocket.receive()
@@ -287,7 +291,7 @@ class ConnectionManager:
             if token is None:
                 return "authentication timeout"
         try:
-            user_id = decode_access_token(token, self.settings)
+            user_id, expires_at = read_access_token(token, self.settings)
         except InvalidToken:
             return "invalid or expired token"
 
@@ -299,7 +303,9 @@ class ConnectionManager:
                     return False
             return True
 
-        return user_id if await run_in_threadpool(active) else "invalid or expired token"
+        if not await run_in_threadpool(active):
+            return "invalid or expired token"
+        return user_id, expires_at
 
     async def serve(self, websocket: WebSocket, token: str | None, event_id: int | None) -> None:
         if not self.origin_allowed(websocket):
@@ -314,7 +320,10 @@ class ConnectionManager:
             if who != "disconnected":
                 await websocket.close(code=CLOSE_POLICY, reason=who)
             return
-        client = Client(websocket, who, asyncio.Queue(maxsize=self.settings.WS_QUEUE_SIZE))
+        user_id, expires_at = who
+        client = Client(
+            websocket, user_id, expires_at, asyncio.Queue(maxsize=self.settings.WS_QUEUE_SIZE)
+        )
         self._register(client)
         try:
             established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
@@ -326,6 +335,7 @@ class ConnectionManager:
                 tg.start_soon(self._receive, client)
                 tg.start_soon(self._send, client)
                 tg.start_soon(self._heartbeat, client)
+                tg.start_soon(self._expire, client)
                 if event_id is not None:
                     tg.start_soon(self.subscribe, client, event_id)
         finally:
@@ -388,6 +398,12 @@ class ConnectionManager:
         while True:
             await anyio.sleep(self.settings.WS_HEARTBEAT_INTERVAL)
             self._offer(client, encode("heartbeat", {"timestamp": now_iso()}))
+
+    async def _expire(self, client: Client) -> None:
+        # A token is good until its exp, on a socket as on a request: the client reconnects
+        # with a fresh one and starts again from snapshots, as after any reconnect.
+        await anyio.sleep(max(0.0, (client.expires_at - datetime.now(UTC)).total_seconds()))
+        client.end(CLOSE_POLICY, "token expired")
 
     async def _handle(self, client: Client, text: str | None) -> None:
         if text is None:

@@ -43,8 +43,8 @@ def create_access_token(user_id: int, role: str, settings: Settings) -> str:
     return jwt.encode(claims, settings.JWT_SECRET.get_secret_value(), algorithm=ALGORITHM)
 
 
-def decode_access_token(token: str, settings: Settings) -> int:
-    """The user id a valid token names; InvalidToken for anything else."""
+def read_access_token(token: str, settings: Settings) -> tuple[int, datetime]:
+    """The user id a valid token names and when it expires; InvalidToken for anything else."""
     try:
         claims = jwt.decode(
             token,
@@ -52,6 +52,11 @@ def decode_access_token(token: str, settings: Settings) -> int:
             algorithms=[ALGORITHM],
             options={"require": ["exp", "iat", "sub"]},
         )
-        return int(claims["sub"])
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        return int(claims["sub"]), datetime.fromtimestamp(claims["exp"], UTC)
+    except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError) as exc:
         raise InvalidToken() from exc
+
+
+def decode_access_token(token: str, settings: Settings) -> int:
+    """The user id a valid token names; InvalidToken for anything else."""
+    return read_access_token(token, settings)[0]

@@ -16,12 +16,14 @@ Two checks are excluded, on purpose:
 
 What it found and we fixed: an ``offset`` past bigint on the bookings lists was a 500 (now capped
 like the events list), a NUL character in ``q`` (or any text) was a 500 (now 400, see
-api/errors.py), the 254-character email limit was stated as 255, and two event routes did not
-document their 400.
+api/errors.py), the 254-character email limit was stated as 255, two event routes did not
+document their 400, and (in CI) a 256-character name with a leading tab was accepted because
+it was trimmed before its 255 limit was checked (see common/schemas.py).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -38,7 +40,9 @@ EXCLUDED = [allow_header_conformance, positive_data_acceptance]
 # Built once for the schema only; requests go to a real uvicorn serving the same app.
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 
-EXAMPLES = 25  # per operation; enough to walk every parameter, cheap enough for CI
+# Per operation: enough to walk every parameter, cheap enough for CI. Hypothesis draws new
+# examples on every run, so raise it now and then to hunt further: SCHEMATHESIS_EXAMPLES=500.
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 # Tables restart their ids for each test, so the `caller` fixture's user is always this id; a
 # token can then be minted whenever schemathesis asks, collection time included.
 USER_ID = 2

@@ -247,6 +247,21 @@ def test_bad_credentials_close_with_1008(api, settings, engine, make_user, token
     asyncio.run(scenario())
 
 
+def test_a_socket_closes_with_1008_when_its_token_expires(api, settings, make_user):
+    user = make_user()
+    now = datetime.now(UTC)
+    claims = {"sub": str(user.id), "iat": now, "nbf": now, "exp": now + timedelta(seconds=2)}
+    short_lived = jwt.encode(claims, settings.JWT_SECRET.get_secret_value(), algorithm="HS256")
+
+    async def scenario() -> None:
+        client = await LiveClient.open(f"{api.ws_url}/ws", short_lived)
+        await client.first("connection_established")
+        assert await client.wait_closed() == 1008
+        assert client.conn.close_reason == "token expired"
+
+    asyncio.run(scenario())
+
+
 def test_origin_is_checked_for_browsers(api, settings, make_user, token_for):
     token = token_for(make_user())
 
