@@ -3,8 +3,6 @@ builds every connection (engine, Redis, Celery producer, the pub/sub hub) and cl
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.pubsub import Hub
+from api.pubsub import STOP_TIMEOUT, Hub, within
 from api.realtime import ConnectionManager, close_on_signals
 from api.routes import auth, bookings, events, health, ws
 from common.bookings.signals import signal_event
@@ -57,10 +55,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_signals()
         await state.realtime.close_all()
         await state.hub.stop()
-        # Bounded for the same redis-py stall as the Hub's subscription (see close_pubsub).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
-                await state.aredis.aclose()
+        # Bounded for the same redis-py stalls as the Hub's subscription (see pubsub.within).
+        await within(STOP_TIMEOUT, state.aredis.aclose())
         state.redis.close()
         state.engine.dispose()
 

@@ -26,6 +26,26 @@ logger = logging.getLogger(__name__)
 # reconnect.
 Listener = Callable[[str, int, dict[str, Any]], Awaitable[None] | None]
 
+STOP_TIMEOUT = 2.0
+POLL_INTERVAL = 1.0  # how often the subscription loop looks whether it should stop
+
+
+async def within(seconds: float, awaitable: Awaitable[Any]) -> bool:
+    """Run ``awaitable`` for at most ``seconds``; False if it had to be abandoned.
+
+    Unlike ``asyncio.timeout``, this returns on time even when the awaited code swallows its
+    cancellation, which redis-py can do when a cancel lands mid-read (redis/redis-py#2028,
+    #2551): a TestClient's shutdown hung forever on exactly that under CPU load.
+    """
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            task.result()
+        return True
+    task.cancel()
+    return False
+
 
 class Hub:
     def __init__(self, client: aioredis.Redis) -> None:
@@ -33,6 +53,7 @@ class Hub:
         self._waiters: dict[str, set[asyncio.Future[dict[str, Any]]]] = defaultdict(set)
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -43,10 +64,16 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="redis-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """End the subscription on time. The loop checks ``_stopping`` at least every
+        ``POLL_INTERVAL``, so it ends even when redis-py swallows the cancellation (or a
+        listener does); a task still running after ``STOP_TIMEOUT`` is abandoned."""
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        if not await within(STOP_TIMEOUT, asyncio.shield(task)):
+            logger.error("redis subscription ignored its cancellation; abandoning it")
 
     @contextlib.asynccontextmanager
     async def waiter(self, booking_id: str) -> AsyncIterator[asyncio.Future[dict[str, Any]]]:
@@ -65,7 +92,7 @@ class Hub:
     async def _run(self) -> None:
         backoff = 0.1
         first = True
-        while True:
+        while not self._stopping:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(events_pattern(), users_pattern())
@@ -77,17 +104,23 @@ class Hub:
                     await self._notify("resync", 0, {})
                 first = False
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    if message["type"] in ("pmessage", "message"):
+                # Not ``listen()``: a read that never ends would leave ``_stopping`` unseen.
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=POLL_INTERVAL)
+                    if message is not None and message["type"] in ("pmessage", "message"):
                         await self._dispatch(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.connected.clear()
+                if self._stopping:
+                    return
                 logger.warning("redis subscription lost (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
+                if self._stopping:
+                    self.connected.clear()
                 await close_pubsub(pubsub)
 
     async def _dispatch(self, channel: str, raw: str) -> None:
@@ -121,11 +154,7 @@ async def close_pubsub(pubsub: aioredis.client.PubSub, timeout: float = 2.0) -> 
     """Close a subscription without hanging: redis-py's ``aclose`` can wait forever in
     ``wait_closed`` (redis/redis-py#3941), which stalled the API's shutdown; past the timeout
     the connection is dropped without waiting."""
-    try:
-        async with asyncio.timeout(timeout):
-            await pubsub.aclose()
-    except Exception:
+    if not await within(timeout, pubsub.aclose()):
         connection = pubsub.connection
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
+            await within(timeout, connection.disconnect(nowait=True))
