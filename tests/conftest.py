@@ -32,6 +32,13 @@ TEST_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 os.environ.update(TEST_ENV)
+# Child processes' logs and beat's schedule, one directory per test database, so two runs on
+# different databases (TEST_DATABASE_URL) never write over each other's files.
+RUN_DIR = (
+    Path(__file__).resolve().parent.parent
+    / ".run"
+    / ("test-" + TEST_DATABASE_URL.rsplit("/", 1)[-1].split("?")[0])
+)
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -216,16 +223,16 @@ def process_env(**extra: str) -> dict[str, str]:
 
 
 class ManagedProcess:
-    """A real child process (its own process group) logging to ``.run/test-<name>.log``."""
+    """A real child process (its own process group) logging to ``RUN_DIR/<name>.log``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = ROOT / ".run" / f"test-{name}.log"
+        self.log = RUN_DIR / f"{name}.log"
         self._logfile: Any = None
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> None:
-        self.log.parent.mkdir(exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logfile = self.log.open("wb")
         self.proc = subprocess.Popen(
             argv,
@@ -287,7 +294,7 @@ class BeatProcess(ManagedProcess):
         self.env = env
 
     def start(self) -> BeatProcess:
-        schedule = ROOT / ".run" / f"test-{self.name}-schedule"
+        schedule = RUN_DIR / f"{self.name}-schedule"
         argv = [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", str(schedule),
                 "--loglevel", "INFO"]  # fmt: skip
         self.spawn(argv, process_env(**self.env))

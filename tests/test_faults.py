@@ -121,7 +121,7 @@ class Stack:
 @pytest.fixture
 def stack(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Stack]:
     server = RedisServer().start()
-    tag = request.node.name.removeprefix("test_")[:24]  # logs: .run/test-faults-<tag>-*.log
+    tag = request.node.name.removeprefix("test_")[:24]  # logs: RUN_DIR/faults-<tag>-*.log
     env = {
         "REDIS_URL": server.url,
         "BATCH_SIZE": "10",  # many small batches, so faults land between and inside them

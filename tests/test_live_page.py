@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import Engine
 
-from tests.conftest import ROOT, ApiProcess
+from tests.conftest import RUN_DIR, ApiProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -80,4 +80,4 @@ def test_live_page_shows_seats_drop_and_the_booking_decided(
     expect(row.locator(".available")).to_have_text("12", timeout=WAIT_MS)
     expect(status).to_have_count(1)
 
-    page.screenshot(path=str(ROOT / ".run" / "live-page.png"), full_page=True)
+    page.screenshot(path=str(RUN_DIR / "live-page.png"), full_page=True)

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from api.metrics import track_websocket
 from common.metrics import LATENCY_BUCKETS, SWEEPER_KEY
 from common.settings import Settings
-from tests.conftest import ROOT, wait_until
+from tests.conftest import RUN_DIR, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -140,7 +140,7 @@ def test_pipeline_counts_from_a_real_worker_reach_the_api(
 
     # The worker's JSON log line for this event names the worker and the task.
     def decided_line() -> dict[str, Any] | None:
-        for line in (ROOT / ".run" / "test-worker.log").read_text().splitlines():
+        for line in (RUN_DIR / "worker.log").read_text().splitlines():
             if line.startswith("{"):
                 entry = json.loads(line)
                 if entry["message"].startswith(f"decided event={event.id} "):
