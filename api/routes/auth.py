@@ -32,7 +32,9 @@ def register(body: UserCreate, session: SessionDep, settings: SettingsDep) -> di
     return ok(_auth_payload(user, settings))
 
 
-@router.post("/login", response_model=Envelope[AuthRead], responses=error_responses(400, 401, 429))
+@router.post(
+    "/login", response_model=Envelope[AuthRead], responses=error_responses(400, 401, 413, 429)
+)
 def login(body: UserLogin, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
     """Throttled per account and per client address before any password is checked:
     429 ``TOO_MANY_LOGIN_ATTEMPTS`` with ``Retry-After`` once a window's attempts are used."""

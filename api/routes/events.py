@@ -34,7 +34,7 @@ def get_event(event_id: int, session: SessionDep) -> dict:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=Envelope[EventRead],
-    responses=error_responses(400, 401, 403),
+    responses=error_responses(400, 401, 403, 413),
 )
 def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> dict:
     """Admins only."""
@@ -44,7 +44,7 @@ def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> d
 @router.put(
     "/{event_id}",
     response_model=Envelope[EventRead],
-    responses=error_responses(400, 401, 403, 404, 409),
+    responses=error_responses(400, 401, 403, 404, 409, 413),
 )
 def update_event(
     event_id: int, body: EventUpdate, request: Request, session: SessionDep, user: CurrentUser
