@@ -45,6 +45,7 @@ import redis  # noqa: E402
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
@@ -53,6 +54,13 @@ from common.events.models import Event  # noqa: E402
 from common.security import create_access_token, hash_password  # noqa: E402
 from common.settings import Settings, get_settings  # noqa: E402
 from common.users.models import User  # noqa: E402
+
+# Property tests (the booking state machine, schemathesis) draw the same examples on every run
+# by default, so CI passes or fails on the code, not on the draw. HYPOTHESIS_PROFILE=hunt draws
+# new ones each run, to look for more (with SCHEMATHESIS_EXAMPLES=500, say).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("hunt", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

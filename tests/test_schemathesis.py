@@ -48,8 +48,8 @@ CONFIG = SchemathesisConfig.from_dict(
 # Built once for the schema only; requests go to a real uvicorn serving the same app.
 schema = schemathesis.openapi.from_dict(create_app().openapi(), config=CONFIG)
 
-# Per operation: enough to walk every parameter, cheap enough for CI. Hypothesis draws new
-# examples on every run, so raise it now and then to hunt further: SCHEMATHESIS_EXAMPLES=500.
+# Per operation: enough to walk every parameter, cheap enough for CI. The draw is the same on
+# every run (tests/conftest.py); to hunt further: HYPOTHESIS_PROFILE=hunt SCHEMATHESIS_EXAMPLES=500.
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 # Tables restart their ids for each test, so the `caller` fixture's user is always this id; a
 # token can then be minted whenever schemathesis asks, collection time included.
