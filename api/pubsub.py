@@ -112,15 +112,14 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.connected.clear()
+                self.connected.clear()  # now, not after the backoff below
                 if self._stopping:
                     return
                 logger.warning("redis subscription lost (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                if self._stopping:
-                    self.connected.clear()
+                self.connected.clear()
                 await close_pubsub(pubsub)
 
     async def _dispatch(self, channel: str, raw: str) -> None:
@@ -150,7 +149,7 @@ class Hub:
                 logger.exception("pub/sub listener failed")
 
 
-async def close_pubsub(pubsub: aioredis.client.PubSub, timeout: float = 2.0) -> None:
+async def close_pubsub(pubsub: aioredis.client.PubSub, timeout: float = STOP_TIMEOUT) -> None:
     """Close a subscription without hanging: redis-py's ``aclose`` can wait forever in
     ``wait_closed`` (redis/redis-py#3941), which stalled the API's shutdown; past the timeout
     the connection is dropped without waiting."""
