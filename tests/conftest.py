@@ -32,13 +32,6 @@ TEST_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 os.environ.update(TEST_ENV)
-# Child processes' logs and beat's schedule, one directory per test database, so two runs on
-# different databases (TEST_DATABASE_URL) never write over each other's files.
-RUN_DIR = (
-    Path(__file__).resolve().parent.parent
-    / ".run"
-    / ("test-" + TEST_DATABASE_URL.rsplit("/", 1)[-1].split("?")[0])
-)
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -63,6 +56,9 @@ hypothesis_settings.register_profile("hunt", derandomize=False, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
+# Child processes' logs and beat's schedule, one directory per test database, so two runs on
+# different databases (TEST_DATABASE_URL) never write over each other's files.
+RUN_DIR = ROOT / ".run" / f"test-{make_url(TEST_DATABASE_URL).database}"
 BIN = Path(sys.executable).parent
 # In the order the worker's procedure locks them (event row, bookings, logs), so a worker still
 # finishing a stale task and the truncate between tests wait for each other instead of deadlocking.
