@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     ENABLE_SYNC_BASELINE: bool = False
 
+    # The API's hot path (docs/configuration.md, "Hot path").
+    ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
+
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
