@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from common.db import session_scope
 from common.errors import Unauthorized
-from common.security import decode_access_token
 from common.settings import Settings
+from common.tokens import token_cache
 from common.users import service as users_service
 from common.users.models import User
 
@@ -41,7 +41,7 @@ async def token_user_id(
 ) -> int:
     if credentials is None:
         raise Unauthorized()
-    return decode_access_token(credentials.credentials, settings)
+    return token_cache(settings).user_id(credentials.credentials)
 
 
 TokenUserId = Annotated[int, Depends(token_user_id)]

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
 
     # The API's hot path (docs/configuration.md, "Hot path").
     ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
+    TOKEN_CACHE_SIZE: int = Field(default=10_000, ge=0, description="verified tokens kept; 0 off")
+    TOKEN_CACHE_TTL: float = Field(
+        default=60.0, ge=0, description="seconds a verified token is trusted without a check"
+    )
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
