@@ -12,7 +12,7 @@ from celery import Celery
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors, metrics
+from api import errors, fastpath, metrics
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.pubsub import STOP_TIMEOUT, Hub, within
 from api.realtime import ConnectionManager, close_on_signals
@@ -47,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
     state.hub.add_listener(state.realtime.dispatch)
+    fastpath.start(state)
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
     try:
@@ -54,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         await state.realtime.close_all()
+        fastpath.stop(state)
         await state.hub.stop()
         # Bounded for the same redis-py stalls as the Hub's subscription (see pubsub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
@@ -93,4 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).
     app.add_middleware(metrics.MetricsMiddleware)
+    if settings.LEAN_PATH:
+        # Outside every other layer: plain booking requests skip them (see api.fastpath).
+        app.add_middleware(fastpath.FastPath)
     return app

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -24,6 +25,7 @@ from api.deps import CurrentUser, SessionDep, TokenUserId
 from api.envelope import Envelope, error_responses, ok
 from api.metrics import record_accepted
 from common.bookings import service
+from common.bookings.intake import IntakeRequest
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
 from common.db import session_scope
@@ -63,9 +65,9 @@ def is_settled(booking: Booking) -> bool:
     return booking.status == "confirmed" and booking.cancel_requested_at is None
 
 
-async def _await_decision(request: Request, booking_id: str, seconds: int, reload: Any) -> Booking:
+async def _await_decision(state: Any, booking_id: str, seconds: int, reload: Any) -> Booking:
     """Wait until the booking is settled or ``seconds`` pass; returns it as the database has it."""
-    hub = request.app.state.hub
+    hub = state.hub
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -111,24 +113,23 @@ async def create_booking(
     (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
     ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
     """
-    state = request.app.state
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
-    booking_id = service.new_booking_id()
+    return await accept_booking(request.app.state, user_id, body, idempotency_key, prefer)
 
-    def intake() -> tuple[Booking, bool]:
-        with session_scope(state.session_factory) as session:
-            return service.request_booking(
-                session,
-                user_id,
-                body,
-                idempotency_key=idempotency_key,
-                signal=state.signal,
-                max_pending=state.settings.MAX_PENDING_PER_USER,
-                booking_id=booking_id,
-            )
+
+async def accept_booking(
+    state: Any, user_id: int, body: BookingCreate, idempotency_key: str | None, prefer: str | None
+) -> JSONResponse:
+    """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
+    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    if idempotency_key is None:
+        seats = await state.seats.sold_out(body.event_id, body.quantity)
+        if seats is not None:  # refused from memory: nothing to store, no round trip
+            raise SoldOut(details=[{"field": "quantity", "message": f"{seats} seats left"}])
+    booking_id = service.new_booking_id()
+    intake = partial(state.intake.submit, IntakeRequest(user_id, body, booking_id, idempotency_key))
 
     if not wait:
-        booking, created = await run_in_threadpool(intake)
+        booking, created = await intake()
         _accepted(booking, created)
         headers = {"Location": f"/api/bookings/{booking.booking_id}"}
         return JSONResponse(ok(_read(booking)), status_code=202, headers=headers)
@@ -137,7 +138,7 @@ async def create_booking(
     # and the booking need not be read back: one transaction per request, not three.
     message: dict[str, Any] | None = None
     async with state.hub.waiter(booking_id) as decided:
-        booking, created = await run_in_threadpool(intake)
+        booking, created = await intake()
         _accepted(booking, created)
         if created:
             try:
@@ -159,7 +160,7 @@ async def create_booking(
         booking = await run_in_threadpool(reload)
     else:
         # An idempotent replay of an earlier request: wait for that booking instead.
-        booking = await _await_decision(request, booking.booking_id, wait, reload)
+        booking = await _await_decision(state, booking.booking_id, wait, reload)
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
 
 
@@ -272,13 +273,19 @@ async def get_booking(
 ) -> JSONResponse:
     """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
     answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
-    state = request.app.state
+    return await read_booking(request.app.state, user_id, booking_id, prefer)
+
+
+async def read_booking(
+    state: Any, user_id: int, booking_id: str, prefer: str | None
+) -> JSONResponse:
+    """GET /api/bookings/{id} once parsed: the route above and the lean path (api.fastpath)."""
     wait = wait_seconds(prefer, state.settings.MAX_WAIT)
     reload = lambda: _reload(state, user_id, booking_id)  # noqa: E731
     if not wait:
         booking = await run_in_threadpool(reload)
         return JSONResponse(ok(_read(booking)))
-    booking = await _await_decision(request, booking_id, wait, reload)
+    booking = await _await_decision(state, booking_id, wait, reload)
     return _decided_response(
         booking, ok_status=status.HTTP_200_OK, headers={"Preference-Applied": f"wait={wait}"}
     )
@@ -309,7 +316,7 @@ async def cancel_booking(
     booking = await run_in_threadpool(ask)
     if wait:
         booking = await _await_decision(
-            request, booking_id, wait, lambda: _reload(state, user_id, booking_id)
+            state, booking_id, wait, lambda: _reload(state, user_id, booking_id)
         )
     code = status.HTTP_200_OK if booking.status == "cancelled" else status.HTTP_202_ACCEPTED
     return JSONResponse(ok(_read(booking)), status_code=code)

@@ -8,6 +8,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -115,12 +116,30 @@ def request_booking(
         .mappings()
         .one()
     )
+    booking, created = intake_verdict(
+        session, row, user_id, data, idempotency_key, fingerprint, max_pending
+    )
+    if created:
+        on_commit(session, lambda: signal(data.event_id))
+    return booking, created
+
+
+def intake_verdict(
+    session: Session,
+    row: Any,
+    user_id: int,
+    data: BookingCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+    max_pending: int | None,
+) -> tuple[Booking, bool]:
+    """What one row of ``INTAKE`` (or of the batched intake) means: the booking it stored, an
+    idempotent replay, or the refusal, raised as its domain error."""
     if row["known_user"] is None:
         raise InvalidToken()
     if row["known_event"] is None:
         raise EventNotFound()
     if row["id"] is not None:
-        on_commit(session, lambda: signal(data.event_id))
         return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
     if not row["open"]:
         raise EventPast()
