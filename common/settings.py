@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     INTAKE_BATCH_SIZE: int = Field(default=200, ge=1, le=5_000)
     INTAKE_WRITERS: int = Field(default=2, ge=1, le=32, description="batches in flight at once")
 
+    # `make run` (scripts/run.sh): 0 = one per CPU core.
+    API_WORKERS: int = Field(default=0, ge=0, description="uvicorn worker processes")
+    WORKER_CONCURRENCY: int = Field(default=0, ge=0, description="Celery worker processes")
+
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
