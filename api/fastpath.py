@@ -1,14 +1,14 @@
 """The lean path: POST /api/bookings and GET /api/bookings/{id} without the framework's layers.
 
-A flash sale is thousands of the same two small requests. ``FastPath`` is a pure ASGI layer
-outside every other middleware: when a request is one of those two in its plain form (a
-``Bearer`` token, ``Content-Type: application/json``, a small body that is exactly
-``{"eventId": int, "quantity": int}`` within the schema's ranges, no ``Origin``), it verifies
-the token (``common.tokens``: once per token), calls the route's own logic
-(``accept_booking`` / ``read_booking`` in ``api.routes.bookings``) and sends the answer itself,
-with the request id and the request metrics the middlewares would have added. Anything else, a
-bad token, a body that needs validating, a CORS request, any other route, goes to the full
-FastAPI app untouched (the body it read is replayed), so the OpenAPI document, validation
+A flash sale is thousands of the same two small requests. ``FastPath`` is a pure ASGI layer in
+front of every middleware, FastAPI's own outer layers included (``App``): when a request is
+one of those two in its plain form (a ``Bearer`` token, ``Content-Type: application/json``, a
+small body that is exactly ``{"eventId": int, "quantity": int}`` within the schema's ranges, no
+``Origin``), it verifies the token (``common.tokens``: once per token), calls the route's own
+logic (``accept_booking`` / ``read_booking`` in ``api.routes.bookings``) and sends the answer
+itself, with the request id and the request metrics the middlewares would have added. Anything
+else, a bad token, a body that needs validating, a CORS request, any other route, goes to the
+full FastAPI app untouched (the body it read is replayed), so the OpenAPI document, validation
 errors and the error envelope stay exactly as they are.
 
 ``start`` builds what both paths share, from the app's lifespan: the seat snapshots
@@ -23,9 +23,11 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +74,7 @@ def start(state: Any) -> None:
         window=settings.INTAKE_BATCH_WINDOW,
         batch_size=settings.INTAKE_BATCH_SIZE,
         writers=settings.INTAKE_WRITERS,
+        observe=state.seats.observe,
     )
 
 
@@ -79,6 +82,22 @@ def stop(state: Any) -> None:
     intake = getattr(state, "intake", None)
     if intake is not None:
         intake.close()
+
+
+class App(FastAPI):
+    """FastAPI with the lean path in front of all of it, its own outer layers included
+    (``lean=False``: plain FastAPI)."""
+
+    def __init__(self, *, lean: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lean = FastPath(partial(FastAPI.__call__, self)) if lean else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._lean is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self._lean(scope, receive, send)
 
 
 class FastPath:

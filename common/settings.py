@@ -68,9 +68,7 @@ class Settings(BaseSettings):
     # The API's hot path (docs/configuration.md, "Hot path").
     ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
     LEAN_PATH: bool = Field(default=True, description="plain booking requests skip the framework")
-    API_THREADS: int = Field(
-        default=0, ge=0, description="threadpool size; 0 = DB_POOL_SIZE"
-    )
+    API_THREADS: int = Field(default=0, ge=0, description="threadpool size; 0 = DB_POOL_SIZE")
     TOKEN_CACHE_SIZE: int = Field(default=10_000, ge=0, description="verified tokens kept; 0 off")
     TOKEN_CACHE_TTL: float = Field(
         default=60.0, ge=0, description="seconds a verified token is trusted without a check"

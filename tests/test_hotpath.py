@@ -89,8 +89,15 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
     event = make_event(capacity=100)
     users = [make_user() for _ in range(8)]
     signalled: list[int] = []
+    observed: list[tuple] = []
     writer = IntakeWriter(
-        session_factory, signalled.append, max_pending=20, window=0.05, batch_size=100, writers=1
+        session_factory,
+        signalled.append,
+        max_pending=20,
+        window=0.05,
+        batch_size=100,
+        writers=1,
+        observe=lambda *facts, seen: observed.append(facts),
     )
 
     def request(user_id: int) -> IntakeRequest:
@@ -110,6 +117,8 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
         ).scalar_one()
         assert stamps == 1
         assert signalled == [event.id]  # one signal for the batch, not one per request
+        # What the batch read of the event feeds the seat snapshots: (seats, version, limit, ..).
+        assert observed[0][:4] == (event.id, 100, event.version, event.max_seats_per_user)
 
         # A user id PostgreSQL cannot hold breaks the batch's statement: the others still go in.
         more = [request(u.id) for u in users[:3]]

@@ -122,7 +122,7 @@ async def accept_booking(
     """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
     wait = wait_seconds(prefer, state.settings.MAX_WAIT)
     if idempotency_key is None:
-        seats = await state.seats.sold_out(body.event_id, body.quantity)
+        seats = state.seats.sold_out(body.event_id, body.quantity)
         if seats is not None:  # refused from memory: nothing to store, no round trip
             raise SoldOut(details=[{"field": "quantity", "message": f"{seats} seats left"}])
     booking_id = service.new_booking_id()

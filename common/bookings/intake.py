@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ WITH req AS (
         AS r(ord, r_user, r_event, r_quantity, r_booking, r_key, r_hash)
 ), facts AS (
     SELECT r.*, u.id AS known_user, e.id AS known_event, e.event_date > now() AS open,
-           e.max_seats_per_user, e.available_seats,
+           e.max_seats_per_user, e.available_seats, e.version AS event_version,
+           extract(epoch FROM e.event_date)::float8 AS starts_at,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = r.r_user AND p.status = 'pending'
                 LIMIT :max_pending) mine) AS pending
@@ -66,7 +68,7 @@ WITH req AS (
     RETURNING *
 )
 SELECT f.ord, f.known_user, f.known_event, f.open, f.max_seats_per_user, f.available_seats,
-       f.pending, ins.*
+       f.event_version, f.starts_at, f.pending, ins.*
 FROM facts f LEFT JOIN ins ON ins.booking_id = f.r_booking
 ORDER BY f.ord
 """
@@ -91,6 +93,8 @@ class IntakeRequest:
 
 # What a request gets: (booking, created) or the exception it would have raised.
 Outcome = tuple[Booking, bool] | BaseException
+# An event's row as the batch read it: (available seats, version, max per user, starts at).
+EventFacts = tuple[int, int, int, float]
 
 
 def write_batch(
@@ -98,30 +102,32 @@ def write_batch(
     requests: Sequence[IntakeRequest],
     signal: Callable[[int], object],
     max_pending: int | None,
-) -> list[Outcome]:
-    """Store a batch in one statement and one commit; each request's outcome, in order."""
+) -> tuple[list[Outcome], dict[int, EventFacts]]:
+    """Store a batch in one statement and one commit: each request's outcome, in order, and
+    the facts of each event the batch read."""
     try:
-        outcomes, events = _write_together(factory, requests, max_pending)
+        outcomes, signals, facts = _write_together(factory, requests, max_pending)
     except Exception as exc:
         if len(requests) == 1:
-            return [exc]
+            return [exc], {}
         logger.warning("intake batch of %d failed (%s); storing one by one", len(requests), exc)
-        return [_write_alone(factory, request, signal, max_pending) for request in requests]
-    for event_id in events:  # after the commit, once per event
+        return [_write_alone(factory, request, signal, max_pending) for request in requests], {}
+    for event_id in signals:  # after the commit, once per event
         try:
             signal(event_id)
         except Exception:  # the rows are committed; a lost signal is what the sweeper is for
             logger.exception("signal for event %s failed", event_id)
-    return outcomes
+    return outcomes, facts
 
 
 def _write_together(
     factory: sessionmaker[Session], requests: Sequence[IntakeRequest], max_pending: int | None
-) -> tuple[list[Outcome], list[int]]:
+) -> tuple[list[Outcome], list[int], dict[int, EventFacts]]:
     cap = service.NO_PENDING_CAP if max_pending is None else max_pending
     hashes = [service.request_hash(r.data) for r in requests]
     outcomes: list[Outcome] = []
     events: dict[int, None] = {}
+    facts: dict[int, EventFacts] = {}
     with session_scope(factory) as session:
         rows = (
             session.execute(
@@ -141,6 +147,13 @@ def _write_together(
             .all()
         )
         for request, fingerprint, row in zip(requests, hashes, rows, strict=True):
+            if row["known_event"] is not None:
+                facts[row["known_event"]] = (
+                    row["available_seats"],
+                    row["event_version"],
+                    row["max_seats_per_user"],
+                    row["starts_at"],
+                )
             try:
                 booking, created = service.intake_verdict(
                     session,
@@ -157,7 +170,7 @@ def _write_together(
             if created:
                 events[booking.event_id] = None
             outcomes.append((booking, created))
-    return outcomes, list(events)
+    return outcomes, list(events), facts
 
 
 def _write_alone(
@@ -193,8 +206,12 @@ class IntakeWriter:
         window: float,
         batch_size: int,
         writers: int,
+        observe: Callable[..., object] | None = None,
     ) -> None:
+        """``observe(event_id, *EventFacts, seen=monotonic time)`` hears what each batch read
+        of its events (the API's seat snapshots)."""
         self.factory = factory
+        self.observe = observe
         self.signal = signal
         self.max_pending = max_pending
         self.window = window
@@ -233,14 +250,20 @@ class IntakeWriter:
     async def _write(self, batch: list[tuple[IntakeRequest, asyncio.Future[Outcome]]]) -> None:
         loop = asyncio.get_running_loop()
         requests = [request for request, _ in batch]
+        seen = time.monotonic()
+        facts: dict[int, EventFacts] = {}
         try:
-            outcomes: list[Any] = await loop.run_in_executor(
+            outcomes: list[Any]
+            outcomes, facts = await loop.run_in_executor(
                 self._executor, write_batch, self.factory, requests, self.signal, self.max_pending
             )
         except BaseException as exc:  # e.g. the executor shut down: nobody waits forever
             outcomes = [exc] * len(batch)
         finally:
             self._in_flight -= 1
+        if self.observe is not None:
+            for event_id, event_facts in facts.items():
+                self.observe(event_id, *event_facts, seen=seen)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
