@@ -27,7 +27,6 @@ from bench import report
 from bench.load import Outcome, Subscribers, _percentiles, run_clients
 from bench.stack import (
     BENCH_JWT_SECRET,
-    ROOT,
     CpuMeter,
     Data,
     Stack,
@@ -36,6 +35,7 @@ from bench.stack import (
     connect,
     prepare_database,
 )
+from devstack import ROOT
 
 DESIGNS = {"queued": "POST /api/bookings (Prefer: wait)", "sync": "POST /api/bench/bookings-sync"}
 

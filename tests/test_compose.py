@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from common.settings import Settings
-from tests.conftest import ROOT
+from devstack import ROOT
 
 OURS = {"migrate", "api", "worker", "beat", "flower"}
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET", "METRICS_TOKEN", "FLOWER_PASSWORD"}

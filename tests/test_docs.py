@@ -12,7 +12,7 @@ from sqlalchemy import inspect, text
 from api import errors as api_errors
 from common.errors import DomainError
 from common.settings import Settings
-from tests.conftest import ROOT
+from devstack import ROOT
 
 DOCS = ROOT / "docs"
 # Error codes written literally where a response or socket message is built.

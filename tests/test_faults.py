@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -36,19 +33,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import Engine, text
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import (
-    TEST_DATABASE_URL,
-    ApiProcess,
-    BeatProcess,
-    WorkerProcess,
-    free_port,
-    wait_until,
-)
+from devstack import RedisServer, wait_until
+from tests.conftest import TEST_DATABASE_URL, ApiProcess, BeatProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -58,45 +48,6 @@ CAPACITY = 60
 
 
 # ---------------------------------------------------------------- the stack
-
-
-class RedisServer:
-    """A private redis-server that keeps nothing on disk, so a restart loses everything."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="ebs-faults-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--logfile", ""]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
-                    return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(up, 30, "private redis")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass

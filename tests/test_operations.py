@@ -9,7 +9,8 @@ import subprocess
 
 import httpx
 
-from tests.conftest import BIN, ROOT, ManagedProcess, free_port, process_env, wait_until
+from devstack import BIN, ROOT, free_port, wait_until
+from tests.conftest import ManagedProcess, process_env
 
 
 def test_flower_answers_only_with_basic_auth(engine):
