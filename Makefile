@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test install services db lint bench clean chromium
+.PHONY: run test install services db lint lock bench clean chromium
 
 run: install services db
 	$(BIN)/ebs db seed --if-empty
@@ -14,11 +14,24 @@ test: install services chromium
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# From the lock (requirements/, docs/SETUP.md "Dependencies"), then the project itself without
+# resolving again; a changed lock or pyproject.toml installs again.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Re-compile the lock from pyproject.toml: one file per install set (base: the image; dev: make
+# install; bench: make bench). Keeps the locked versions unless told:
+# make lock LOCK_ARGS=--upgrade, or LOCK_ARGS="--upgrade-package fastapi".
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(LOCK_ARGS)
+lock: install
+	$(LOCK) -o requirements/base.txt
+	$(LOCK) --extra dev -o requirements/dev.txt
+	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
 
 # The live page's browser test drives Debian's Chromium; Playwright's own download is blocked.
 chromium:
@@ -36,8 +49,8 @@ db: install services
 bench: $(VENV)/.bench-installed services
 	$(BIN)/python -m bench.flash_sale $(BENCH_ARGS)
 
-$(VENV)/.bench-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev,bench]'
+$(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
+	$(BIN)/pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
 
 lint: install
