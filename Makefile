@@ -53,9 +53,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(BIN)/pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
 
+# Run by CI (.ci/run) beside `make test`; settings in pyproject.toml.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import inspect, text
 
@@ -19,12 +20,15 @@ DOCS = ROOT / "docs"
 LITERAL_CODE = re.compile(r"\b(?:error_body|_error)\(\s*\"([A-Z][A-Z0-9_]+)\"")
 
 
+T = TypeVar("T")
+
+
 def documented(name: str) -> str:
     return (DOCS / name).read_text()
 
 
-def all_subclasses(cls: type) -> set[type]:
-    found = set()
+def all_subclasses(cls: type[T]) -> set[type[T]]:
+    found: set[type[T]] = set()
     for sub in cls.__subclasses__():
         found |= {sub, *all_subclasses(sub)}
     return found

@@ -60,7 +60,7 @@ class Stack:
 
     def restart_worker(self) -> None:
         name = f"{self.worker.name}-restarted"
-        self.worker = WorkerProcess(name, **self.env, PGAPPNAME=APP_NAME).start()
+        self.worker = WorkerProcess(name, **self.env, PGAPPNAME=APP_NAME).start()  # type: ignore[arg-type]
 
     def restart_api(self) -> None:
         port = self.api.port
@@ -81,7 +81,8 @@ def stack(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Stack]:
     built: Stack | None = None
     try:
         procs += [
-            WorkerProcess(f"faults-{tag}-worker", **env, PGAPPNAME=APP_NAME),
+            # mypy cannot tell that env holds no "concurrency"/"queues" key
+            WorkerProcess(f"faults-{tag}-worker", **env, PGAPPNAME=APP_NAME),  # type: ignore[arg-type]
             BeatProcess(f"faults-{tag}-beat", **env),
             ApiProcess(f"faults-{tag}-api", **env, PGAPPNAME="ebs-faults-api"),
         ]
@@ -198,17 +199,15 @@ def flash_sale(stack, make_user, make_event, token_for) -> Iterator[Callable[...
         event = make_event(capacity=CAPACITY, max_per_user=10)
         tokens = [token_for(make_user()) for _ in range(users)]
         sale = Sale(lambda: stack.api.url, event.id, tokens, **options)
-        sale.watcher = SeatWatcher(lambda: stack.api.ws_url, event.id, tokens[0]).start()
-        watchers.append(sale.watcher)
-        wait_until(lambda: sale.watcher.connections, 60, "the live page to connect")
+        watcher = sale.watcher = SeatWatcher(lambda: stack.api.ws_url, event.id, tokens[0]).start()
+        watchers.append(watcher)
+        wait_until(lambda: watcher.connections, 60, "the live page to connect")
         return sale
 
     watchers: list[SeatWatcher] = []
     yield make
     for watcher in watchers:
         watcher.stop()
-
-    return make
 
 
 # ---------------------------------------------------------------- a live page watching the sale
