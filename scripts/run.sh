@@ -62,14 +62,17 @@ pids+=($!)
 # it holds unacknowledged tasks (a kombu bug). Nothing is lost meanwhile (requests are in
 # PostgreSQL), but nothing is decided until a supervisor restarts it; in compose,
 # `restart: unless-stopped` does this. TERM is passed on, so the worker still stops warm.
+# The child runs in its own session, so Ctrl-C reaches it only as stop()'s TERM through the
+# supervisor, which then exits: a stop is never taken for a crash and "restarted". (A background
+# subshell of a script ignores SIGINT, so it cannot trap it; Celery would exit on it alone.)
 supervise() {
   local name=$1
   shift
   (
     child=
-    trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+    trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM
     while true; do
-      "$@" &
+      setsid "$@" &
       child=$!
       wait "$child" && status=0 || status=$?
       echo "$name exited with status $status; restarting in 1 s" >&2
