@@ -34,8 +34,16 @@ lock: install
 	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
 
 # The live page's browser test drives Debian's Chromium; Playwright's own download is blocked.
+# As root, install it with apt (README, "Tests"); otherwise say what to do and go on: that one
+# test then fails, naming the package.
 chromium:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@test -x /usr/bin/chromium || if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium with apt-get, for the live page's browser test"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+	  echo "note: /usr/bin/chromium is missing and this is not root: run 'sudo apt-get install chromium'," \
+	    "or tests/test_live_page.py will fail" >&2; \
+	fi
 
 services: install
 	scripts/ensure-services.sh
