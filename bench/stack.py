@@ -26,7 +26,6 @@ from devstack import (
     ApiProcess,
     ManagedProcess,
     WorkerProcess,
-    free_port,
     recreate_database,
     upgrade_database,
 )
@@ -240,19 +239,22 @@ class Stack:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.port = free_port()
+        # No access log: both designs pay the same, and neither pays for a line per request.
+        self.api = ApiProcess(
+            "api", config.log_dir, config.env(), workers=config.api_workers, access_log=False
+        )
         self.processes: list[ManagedProcess] = []
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.api.url
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return self.api.ws_url
 
     def start(self) -> Stack:
-        env = self.config.env()
+        env = self.api.env
         worker = None
         if self.config.start_worker:
             worker = WorkerProcess(
@@ -264,13 +266,8 @@ class Stack:
                 nice=self.config.worker_nice,
             ).launch()
             self.processes.append(worker)
-        # No access log: both designs pay the same, and neither pays for a line per request.
-        api = ApiProcess(
-            "api", self.config.log_dir, env, workers=self.config.api_workers, access_log=False
-        )
-        api.port = self.port
-        self.processes.append(api)
-        api.start()
+        self.processes.append(self.api)
+        self.api.start()
         if worker is not None:
             worker.wait_ready()
         # Every uvicorn worker must have its lifespan (and its Redis subscription) up.

@@ -44,6 +44,18 @@ def test_make_run_serves_flower_on_loopback_with_basic_auth():
     assert '--basic-auth="$FLOWER_AUTH"' in script
 
 
+def run_sh(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`make run`'s last step, expected to refuse: a hang guard, not a measurement."""
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_run_refuses_to_start_in_production_without_flower_credentials(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "BCRYPT_"))}
     # Empty rather than unset, so a developer's .env cannot fill them in.
@@ -53,14 +65,7 @@ def test_run_refuses_to_start_in_production_without_flower_credentials(tmp_path)
         "FLOWER_USER": "",
         "FLOWER_PASSWORD": "",
     }
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run.sh")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_sh(env)
     assert result.returncode == 1
     assert "FLOWER_USER and FLOWER_PASSWORD must be set" in result.stderr
     assert "Uvicorn running" not in result.stdout + result.stderr
@@ -75,14 +80,7 @@ def test_run_says_in_one_line_that_a_port_is_taken_and_starts_nothing(setting, w
         env = process_env(PORT=str(free_port()), FLOWER_PORT=str(free_port())) | {
             setting: str(port)
         }
-        result = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "run.sh")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_sh(env)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: port {port} ({setting}, {what}) is already in use; free it or set {setting}"
