@@ -45,7 +45,7 @@ def build_engine(settings: Settings, **overrides: object) -> Engine:
         "pool_recycle": 1800,
     }
     options.update(overrides)
-    return create_engine(settings.sqlalchemy_url, **options)  # type: ignore[arg-type]
+    return create_engine(settings.sqlalchemy_url, **options)
 
 
 def build_sessionmaker(engine: Engine) -> sessionmaker[Session]:

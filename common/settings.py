@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     LOGIN_WINDOW: int = Field(default=60, ge=1, description="seconds")
 
     # Operations.
+    FLOWER_PORT: int = Field(default=5555, ge=1, le=65535)
     FLOWER_USER: str | None = None
     FLOWER_PASSWORD: SecretStr | None = None
     METRICS_TOKEN: SecretStr | None = None

@@ -7,7 +7,8 @@ import subprocess
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from tests.conftest import BIN, ROOT, alembic_config, process_env, recreate_database
+from devstack import BIN, ROOT, alembic_config, recreate_database
+from tests.conftest import process_env
 
 
 def test_unknown_route_and_method_use_the_envelope(client):
