@@ -6,6 +6,9 @@ create_booking, in the intake query and in the baseline's Python check, and two 
 already disagreed once. booking_verdict() is now their one home; the deciders call it, and the
 intake and the baseline's check call it in their queries.
 
+cancel_booking goes: nothing called it (the API asks for a cancellation and process_event_queue
+does it), only a test checked that it existed.
+
 Revision ID: 0005
 Revises: 0004
 """
@@ -33,9 +36,11 @@ def upgrade() -> None:
     op.execute(DROP_BATCH)
     _install("process_event_queue", "0005")
     _install("create_booking", "0005")
+    _install("cancel_booking", "0005")
 
 
 def downgrade() -> None:
+    _install("cancel_booking", "0002")
     op.execute(DROP_BATCH)
     _install("process_event_queue", "0004")
     _install("create_booking", "0004")
