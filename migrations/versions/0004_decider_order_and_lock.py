@@ -29,15 +29,17 @@ SQL = Path(__file__).parents[1] / "sql"
 DROP_BATCH = "DROP FUNCTION IF EXISTS process_event_queue(integer, integer, text)"
 
 
-def _install(revision_of: dict[str, str]) -> None:
-    op.execute(DROP_BATCH)
-    for function, version in revision_of.items():
-        op.execute((SQL / function / f"{version}.sql").read_text())
+def _install(function: str, version: str) -> None:
+    op.execute((SQL / function / f"{version}.sql").read_text())
 
 
 def upgrade() -> None:
-    _install({"process_event_queue": "0004", "create_booking": "0004"})
+    op.execute(DROP_BATCH)
+    _install("process_event_queue", "0004")
+    _install("create_booking", "0004")
 
 
 def downgrade() -> None:
-    _install({"process_event_queue": "0003", "create_booking": "0002"})
+    op.execute(DROP_BATCH)
+    _install("process_event_queue", "0003")
+    _install("create_booking", "0002")
