@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import func, literal_column, select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import TokenUserId
@@ -54,26 +54,28 @@ def book_synchronously(state: object, user_id: int, body: BookingCreate) -> Book
     factory = state.session_factory  # type: ignore[attr-defined]
     booking_id = new_booking_id()
     with session_scope(factory) as session:
-        # The token's user and the event in one round trip, as the queued intake does.
+        # The token's user and the event in one round trip, as the queued intake does, and the
+        # verdict the booking rules (booking_verdict, in SQL) give without the lock.
         user_exists = select(User.id).where(User.id == user_id).exists()
+        rules = func.booking_verdict(
+            literal_column("events"), body.quantity, Event.available_seats, 0
+        )
         row = session.execute(
-            select(
-                Event.available_seats, Event.event_date, Event.max_seats_per_user, user_exists
-            ).where(Event.id == body.event_id)
+            select(rules, Event.max_seats_per_user, user_exists).where(Event.id == body.event_id)
         ).one_or_none()
         if row is None:
             users_service.get_active(session, user_id)  # a deleted user is told so first
             raise EventNotFound()
-        available, event_date, max_per_user, known_user = row
+        verdict, max_per_user, known_user = row
         if not known_user:
             raise InvalidToken()
-        if event_date <= datetime.now(UTC):
+        if verdict == "event_past":
             raise EventPast()
         if body.quantity > max_per_user:
             raise ValidationFailed(
                 details=[{"field": "quantity", "message": f"at most {max_per_user} seats per user"}]
             )
-        if available < body.quantity:
+        if verdict == "sold_out":
             # Most of a flash sale ends here, without touching the lock.
             raise SoldOut()
         outcome = procedures.create_booking(

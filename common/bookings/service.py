@@ -46,11 +46,13 @@ def request_hash(data: BookingCreate) -> str:
 
 # One round trip decides intake: ``facts`` reads what the checks need, ``ins`` inserts only when
 # they all pass, and the row returned carries both, so a refusal costs no more than an accept.
+# The booking rules are booking_verdict's (migrations/sql/booking_verdict/), asked here with no
+# seats held yet and the seats the event shows: what is refused at once is refused by them.
 INTAKE = text(
     """
 WITH facts AS (
-    SELECT e.id AS event_id, e.event_date > now() AS open, e.max_seats_per_user,
-           e.available_seats, u.id AS user_id,
+    SELECT e.id AS event_id, booking_verdict(e, :quantity, e.available_seats, 0) AS verdict,
+           e.max_seats_per_user, e.available_seats, u.id AS user_id,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = :user_id AND p.status = 'pending'
                 LIMIT :max_pending) mine) AS pending
@@ -61,12 +63,12 @@ WITH facts AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT :booking_id, f.user_id, f.event_id, :quantity, :idempotency_key, :request_hash
     FROM facts f
-    WHERE f.user_id IS NOT NULL AND f.open AND f.max_seats_per_user >= :quantity
-      AND f.available_seats >= :quantity AND f.pending < :max_pending
+    WHERE f.user_id IS NOT NULL AND f.event_id IS NOT NULL AND f.verdict = 'confirmed'
+      AND f.pending < :max_pending
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
-SELECT f.user_id AS known_user, f.event_id AS known_event, f.open, f.max_seats_per_user,
+SELECT f.user_id AS known_user, f.event_id AS known_event, f.verdict, f.max_seats_per_user,
        f.available_seats, f.pending, ins.*
 FROM facts f LEFT JOIN ins ON true
 """
@@ -122,8 +124,9 @@ def request_booking(
     if row["id"] is not None:
         on_commit(session, lambda: signal(data.event_id))
         return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
-    if not row["open"]:
+    if row["verdict"] == "event_past":
         raise EventPast()
+    # A quantity no user may ever book is a bad request (400), before any verdict on seats.
     if data.quantity > row["max_seats_per_user"]:
         message = f"at most {row['max_seats_per_user']} seats per user for this event"
         raise ValidationFailed(details=[{"field": "quantity", "message": message}])
