@@ -7,7 +7,8 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse
 
-from api.realtime import ConnectionManager
+from api.realtime.connections import ConnectionManager
+from api.realtime.serve import serve
 
 router = APIRouter(tags=["live"])
 
@@ -21,13 +22,13 @@ def _manager(websocket: WebSocket) -> ConnectionManager:
 @router.websocket("/ws")
 async def live(websocket: WebSocket, token: str | None = None) -> None:
     """Authenticate with ``?token=JWT`` or a first ``{"type": "auth", "token": ...}``."""
-    await _manager(websocket).serve(websocket, token=token, event_id=None)
+    await serve(_manager(websocket), websocket, token=token, event_id=None)
 
 
 @router.websocket("/ws/events/{event_id}")
 async def live_event(websocket: WebSocket, event_id: int, token: str | None = None) -> None:
     """As ``/ws``, subscribed to one event from the start."""
-    await _manager(websocket).serve(websocket, token=token, event_id=event_id)
+    await serve(_manager(websocket), websocket, token=token, event_id=event_id)
 
 
 @router.get("/live", include_in_schema=False)
