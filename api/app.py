@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
+from api.hub import STOP_TIMEOUT, Hub, within
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.pubsub import STOP_TIMEOUT, Hub, within
 from api.realtime.connections import ConnectionManager
 from api.realtime.fanout import dispatch
 from api.realtime.shutdown import close_all
@@ -58,7 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_signals()
         await close_all(state.realtime)
         await state.hub.stop()
-        # Bounded for the same redis-py stalls as the Hub's subscription (see pubsub.within).
+        # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
         state.redis.close()
         state.engine.dispose()

@@ -19,11 +19,12 @@ from common.users.models import User
 bearer = HTTPBearer(auto_error=False, description="JWT from /api/auth/login")
 
 
-def get_settings(request: Request) -> Settings:
+def get_app_settings(request: Request) -> Settings:
+    """The settings this app was built with (``create_app``), not the environment's."""
     return request.app.state.settings
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_session(request: Request) -> Iterator[Session]:

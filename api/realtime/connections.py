@@ -22,7 +22,7 @@ import anyio
 from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.pubsub import Hub
+from api.hub import Hub
 from common.pubsub import encode
 from common.settings import Settings
 

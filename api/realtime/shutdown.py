@@ -3,7 +3,7 @@ reconnect to another instance."""
 
 from __future__ import annotations
 
-from api.pubsub import within
+from api.hub import within
 from api.realtime.connections import CLOSE, CLOSE_GOING_AWAY, ConnectionManager
 
 
