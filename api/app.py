@@ -40,7 +40,7 @@ def build_task_sender(settings: Settings) -> Celery:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    state = app.state
+    state = app.state  # each attribute is read, typed, by one dependency in api/deps.py
     state.engine = build_engine(settings)
     state.session_factory = build_sessionmaker(state.engine)
     state.redis = build_redis(settings)
