@@ -13,7 +13,6 @@ import io
 import logging
 import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -36,6 +35,7 @@ from api.metrics import record_accepted
 from common.bookings import service
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
+from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
 from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
 from common.users import service as users_service
@@ -64,13 +64,6 @@ def wait_seconds(prefer: str | None, limit: int) -> int:
 
 def _read(booking: Booking) -> dict[str, Any]:
     return BookingRead.model_validate(booking).model_dump(mode="json", by_alias=True)
-
-
-def is_settled(booking: Booking) -> bool:
-    """Nothing is in flight for the booking: decided, and no cancellation awaiting a worker."""
-    if booking.status in ("rejected", "cancelled"):
-        return True
-    return booking.status == "confirmed" and booking.cancel_requested_at is None
 
 
 async def _await_decision(
@@ -164,7 +157,7 @@ async def create_booking(
     }
     if message is not None and message.get("status") in ("confirmed", "rejected"):
         return _decided_response(
-            _apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
+            apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
     reload = lambda: _reload(factory, user_id, booking.booking_id)  # noqa: E731
     if created:
@@ -180,15 +173,6 @@ def _accepted(booking: Booking, created: bool) -> None:
     if created:
         record_accepted()
         logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
-
-
-def _apply_decision(booking: Booking, message: dict[str, Any]) -> Booking:
-    """The booking as just inserted, with the decision the worker published for it."""
-    booking.status = message["status"]
-    booking.reason = message.get("reason")
-    decided_at = message.get("decidedAt") or message.get("timestamp")
-    booking.decided_at = datetime.fromisoformat(decided_at) if decided_at else None
-    return booking
 
 
 def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
