@@ -2,14 +2,15 @@
 before the response; the user.
 
 Routes take these instead of reading ``request.app.state`` (untyped), so a reader and mypy know
-what each thing is. The getters are ``async def``: they only read an attribute, and FastAPI would
-run a plain ``def`` dependency in its threadpool.
+what each thing is: each ``...Dep`` alias names one attribute and its type. The getters are
+``async def``: they only read an attribute, and FastAPI would run a plain ``def`` dependency in
+its threadpool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any
 
 import redis
 import redis.asyncio as aioredis
@@ -32,58 +33,29 @@ from common.users.models import User
 bearer = HTTPBearer(auto_error=False, description="JWT from /api/auth/login")
 
 
-async def get_app_settings(conn: HTTPConnection) -> Settings:
-    """The settings this app was built with (``create_app``), not the environment's."""
-    settings: Settings = conn.app.state.settings
-    return settings
+def app_state(name: str) -> Callable[[HTTPConnection], Awaitable[Any]]:
+    """A dependency returning ``app.state.<name>``, as the lifespan set it; the alias below that
+    uses it says its type."""
+
+    async def get(conn: HTTPConnection) -> Any:
+        return getattr(conn.app.state, name)
+
+    get.__name__ = f"get_{name}"
+    return get
 
 
-async def get_engine(conn: HTTPConnection) -> Engine:
-    engine: Engine = conn.app.state.engine
-    return engine
-
-
-async def get_session_factory(conn: HTTPConnection) -> sessionmaker[Session]:
-    factory: sessionmaker[Session] = conn.app.state.session_factory
-    return factory
-
-
-async def get_redis(conn: HTTPConnection) -> redis.Redis:
-    """The blocking client: for plain ``def`` routes and the threadpool."""
-    client: redis.Redis = conn.app.state.redis
-    return client
-
-
-async def get_async_redis(conn: HTTPConnection) -> aioredis.Redis:
-    """The asyncio client: for ``async def`` routes."""
-    client: aioredis.Redis = conn.app.state.aredis
-    return client
-
-
-async def get_signal(conn: HTTPConnection) -> Signal:
-    """Queue a drain task for an event (``common.bookings.signals.signal_event``, bound)."""
-    signal: Signal = conn.app.state.signal
-    return signal
-
-
-async def get_hub(conn: HTTPConnection) -> Hub:
-    hub: Hub = conn.app.state.hub
-    return hub
-
-
-async def get_realtime(conn: HTTPConnection) -> ConnectionManager:
-    manager: ConnectionManager = conn.app.state.realtime
-    return manager
-
+# The settings this app was built with (create_app), not the environment's get_settings().
+get_app_settings = app_state("settings")
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
-SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-RedisDep = Annotated[redis.Redis, Depends(get_redis)]
-AsyncRedisDep = Annotated[aioredis.Redis, Depends(get_async_redis)]
-SignalDep = Annotated[Signal, Depends(get_signal)]
-HubDep = Annotated[Hub, Depends(get_hub)]
-RealtimeDep = Annotated[ConnectionManager, Depends(get_realtime)]
+EngineDep = Annotated[Engine, Depends(app_state("engine"))]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(app_state("session_factory"))]
+RedisDep = Annotated[redis.Redis, Depends(app_state("redis"))]  # blocking: def routes
+AsyncRedisDep = Annotated[aioredis.Redis, Depends(app_state("aredis"))]  # async def routes
+# common.bookings.signals.signal_event bound to the app's clients: queue a drain for an event.
+SignalDep = Annotated[Signal, Depends(app_state("signal"))]
+HubDep = Annotated[Hub, Depends(app_state("hub"))]
+RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]
 
 
 def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
