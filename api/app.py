@@ -13,9 +13,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
+from api.hub import STOP_TIMEOUT, Hub, within
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.pubsub import STOP_TIMEOUT, Hub, within
-from api.realtime import ConnectionManager, close_on_signals
+from api.realtime.connections import ConnectionManager
+from api.realtime.fanout import dispatch
+from api.realtime.shutdown import close_all
+from api.realtime.signals import close_on_signals
 from api.routes import auth, bookings, events, health, ws
 from common.bookings.signals import signal_event
 from common.db import build_engine, build_sessionmaker
@@ -37,7 +40,7 @@ def build_task_sender(settings: Settings) -> Celery:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    state = app.state
+    state = app.state  # each attribute is read, typed, by one dependency in api/deps.py
     state.engine = build_engine(settings)
     state.session_factory = build_sessionmaker(state.engine)
     state.redis = build_redis(settings)
@@ -46,16 +49,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
-    state.hub.add_listener(state.realtime.dispatch)
+    state.hub.add_listener(partial(dispatch, state.realtime))
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
     try:
         yield
     finally:
         restore_signals()
-        await state.realtime.close_all()
+        await close_all(state.realtime)
         await state.hub.stop()
-        # Bounded for the same redis-py stalls as the Hub's subscription (see pubsub.within).
+        # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
         state.redis.close()
         state.engine.dispose()

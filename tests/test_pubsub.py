@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from api.pubsub import Hub, within
+from api.hub import Hub, within
 from common.channels import event_channel
 from common.pubsub import publish
 from common.redis_client import build_async_redis

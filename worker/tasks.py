@@ -10,7 +10,7 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from common.bookings import service
-from common.bookings.events import publish_decisions
+from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
 from common.bookings.signals import clear_signal
 from common.db import session_scope

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from api.deps import CurrentUser, SessionDep, SettingsDep
+from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
 from api.envelope import Envelope, error_responses, ok
 from common import ratelimit
 from common.errors import TooManyLoginAttempts
@@ -35,13 +35,19 @@ def register(body: UserCreate, session: SessionDep, settings: SettingsDep) -> di
 @router.post(
     "/login", response_model=Envelope[AuthRead], responses=error_responses(400, 401, 413, 429)
 )
-def login(body: UserLogin, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
+def login(
+    body: UserLogin,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis_client: RedisDep,
+) -> dict:
     """Throttled per account and per client address before any password is checked:
     429 ``TOO_MANY_LOGIN_ATTEMPTS`` with ``Retry-After`` once a window's attempts are used."""
     address = request.client.host if request.client else "unknown"
     window = settings.LOGIN_WINDOW
     ratelimit.hit(
-        request.app.state.redis,
+        redis_client,
         [
             Limit("login:account", body.email.lower(), settings.LOGIN_ATTEMPTS_PER_ACCOUNT, window),
             Limit("login:address", address, settings.LOGIN_ATTEMPTS_PER_ADDRESS, window),

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, literal_column, select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import TokenUserId
+from api.deps import SessionFactoryDep, TokenUserId
 from api.envelope import Envelope, error_responses, ok
 from common.bookings import procedures
 from common.bookings.schemas import BookingCreate, BookingRead
@@ -49,9 +50,10 @@ REJECTIONS: dict[str, type[DomainError]] = {
 }
 
 
-def book_synchronously(state: object, user_id: int, body: BookingCreate) -> BookingRead:
+def book_synchronously(
+    factory: sessionmaker[Session], user_id: int, body: BookingCreate
+) -> BookingRead:
     """Check without a lock, then book under the event row lock; commit before returning."""
-    factory = state.session_factory  # type: ignore[attr-defined]
     booking_id = new_booking_id()
     with session_scope(factory) as session:
         # The token's user and the event in one round trip, as the queued intake does, and the
@@ -106,10 +108,10 @@ def book_synchronously(state: object, user_id: int, body: BookingCreate) -> Book
     responses=error_responses(400, 401, 404, 409),
 )
 async def create_booking_sync(
-    body: BookingCreate, request: Request, user_id: TokenUserId
+    body: BookingCreate, user_id: TokenUserId, factory: SessionFactoryDep
 ) -> JSONResponse:
     """Book synchronously (benchmark baseline only): 201 confirmed or 409 with the reason."""
-    booking = await run_in_threadpool(book_synchronously, request.app.state, user_id, body)
+    booking = await run_in_threadpool(book_synchronously, factory, user_id, body)
     return JSONResponse(
         ok(booking.model_dump(mode="json", by_alias=True)), status_code=status.HTTP_201_CREATED
     )

@@ -12,20 +12,30 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, SessionDep, TokenUserId
+from api.deps import (
+    CurrentUser,
+    HubDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    SignalDep,
+    TokenUserId,
+)
 from api.envelope import Envelope, error_responses, ok
+from api.hub import Hub
 from api.metrics import record_accepted
 from common.bookings import service
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
+from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
 from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
 from common.users import service as users_service
@@ -56,16 +66,10 @@ def _read(booking: Booking) -> dict[str, Any]:
     return BookingRead.model_validate(booking).model_dump(mode="json", by_alias=True)
 
 
-def is_settled(booking: Booking) -> bool:
-    """Nothing is in flight for the booking: decided, and no cancellation awaiting a worker."""
-    if booking.status in ("rejected", "cancelled"):
-        return True
-    return booking.status == "confirmed" and booking.cancel_requested_at is None
-
-
-async def _await_decision(request: Request, booking_id: str, seconds: int, reload: Any) -> Booking:
+async def _await_decision(
+    hub: Hub, booking_id: str, seconds: int, reload: Callable[[], Booking]
+) -> Booking:
     """Wait until the booking is settled or ``seconds`` pass; returns it as the database has it."""
-    hub = request.app.state.hub
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -100,8 +104,11 @@ def _decided_response(booking: Booking, *, ok_status: int, headers: dict[str, st
 )
 async def create_booking(
     body: BookingCreate,
-    request: Request,
     user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    signal: SignalDep,
+    hub: HubDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> JSONResponse:
@@ -111,19 +118,18 @@ async def create_booking(
     (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
     ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
     """
-    state = request.app.state
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
     booking_id = service.new_booking_id()
 
     def intake() -> tuple[Booking, bool]:
-        with session_scope(state.session_factory) as session:
+        with session_scope(factory) as session:
             return service.request_booking(
                 session,
                 user_id,
                 body,
                 idempotency_key=idempotency_key,
-                signal=state.signal,
-                max_pending=state.settings.MAX_PENDING_PER_USER,
+                signal=signal,
+                max_pending=settings.MAX_PENDING_PER_USER,
                 booking_id=booking_id,
             )
 
@@ -136,7 +142,7 @@ async def create_booking(
     # The waiter is in place before the row is committed, so the decision cannot slip past it
     # and the booking need not be read back: one transaction per request, not three.
     message: dict[str, Any] | None = None
-    async with state.hub.waiter(booking_id) as decided:
+    async with hub.waiter(booking_id) as decided:
         booking, created = await run_in_threadpool(intake)
         _accepted(booking, created)
         if created:
@@ -151,15 +157,15 @@ async def create_booking(
     }
     if message is not None and message.get("status") in ("confirmed", "rejected"):
         return _decided_response(
-            _apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
+            apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
-    reload = lambda: _reload(state, user_id, booking.booking_id)  # noqa: E731
+    reload = lambda: _reload(factory, user_id, booking.booking_id)  # noqa: E731
     if created:
         # No word within the wait (or a cancellation raced the decision): the database says.
         booking = await run_in_threadpool(reload)
     else:
         # An idempotent replay of an earlier request: wait for that booking instead.
-        booking = await _await_decision(request, booking.booking_id, wait, reload)
+        booking = await _await_decision(hub, booking.booking_id, wait, reload)
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
 
 
@@ -169,17 +175,8 @@ def _accepted(booking: Booking, created: bool) -> None:
         logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
 
 
-def _apply_decision(booking: Booking, message: dict[str, Any]) -> Booking:
-    """The booking as just inserted, with the decision the worker published for it."""
-    booking.status = message["status"]
-    booking.reason = message.get("reason")
-    decided_at = message.get("decidedAt") or message.get("timestamp")
-    booking.decided_at = datetime.fromisoformat(decided_at) if decided_at else None
-    return booking
-
-
-def _reload(state: Any, user_id: int, booking_id: str) -> Booking:
-    with session_scope(state.session_factory) as session:
+def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
+    with session_scope(factory) as session:
         user = users_service.get_active(session, user_id)
         return service.get_booking(session, user, booking_id)
 
@@ -268,17 +265,21 @@ def _csv(rows: list[Booking]) -> Iterator[str]:
     },
 )
 async def get_booking(
-    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+    booking_id: str,
+    user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    hub: HubDep,
+    prefer: Prefer = None,
 ) -> JSONResponse:
     """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
     answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
-    state = request.app.state
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
-    reload = lambda: _reload(state, user_id, booking_id)  # noqa: E731
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
+    reload = lambda: _reload(factory, user_id, booking_id)  # noqa: E731
     if not wait:
         booking = await run_in_threadpool(reload)
         return JSONResponse(ok(_read(booking)))
-    booking = await _await_decision(request, booking_id, wait, reload)
+    booking = await _await_decision(hub, booking_id, wait, reload)
     return _decided_response(
         booking, ok_status=status.HTTP_200_OK, headers={"Preference-Applied": f"wait={wait}"}
     )
@@ -294,22 +295,27 @@ async def get_booking(
     },
 )
 async def cancel_booking(
-    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+    booking_id: str,
+    user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    signal: SignalDep,
+    hub: HubDep,
+    prefer: Prefer = None,
 ) -> JSONResponse:
     """Ask to cancel (owner or admin): 202, and a worker frees the seats. 409 if it is already
     cancelled, was rejected, or the event has started."""
-    state = request.app.state
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
 
     def ask() -> Booking:
-        with session_scope(state.session_factory) as session:
+        with session_scope(factory) as session:
             user = users_service.get_active(session, user_id)
-            return service.request_cancellation(session, user, booking_id, state.signal)
+            return service.request_cancellation(session, user, booking_id, signal)
 
     booking = await run_in_threadpool(ask)
     if wait:
         booking = await _await_decision(
-            request, booking_id, wait, lambda: _reload(state, user_id, booking_id)
+            hub, booking_id, wait, lambda: _reload(factory, user_id, booking_id)
         )
     code = status.HTTP_200_OK if booking.status == "cancelled" else status.HTTP_202_ACCEPTED
     return JSONResponse(ok(_read(booking)), status_code=code)

@@ -7,27 +7,26 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse
 
-from api.realtime import ConnectionManager
+from api.deps import RealtimeDep
+from api.realtime.serve import serve
 
 router = APIRouter(tags=["live"])
 
 LIVE_PAGE = Path(__file__).resolve().parent.parent / "static" / "live.html"
 
 
-def _manager(websocket: WebSocket) -> ConnectionManager:
-    return websocket.app.state.realtime
-
-
 @router.websocket("/ws")
-async def live(websocket: WebSocket, token: str | None = None) -> None:
+async def live(websocket: WebSocket, manager: RealtimeDep, token: str | None = None) -> None:
     """Authenticate with ``?token=JWT`` or a first ``{"type": "auth", "token": ...}``."""
-    await _manager(websocket).serve(websocket, token=token, event_id=None)
+    await serve(manager, websocket, token=token, event_id=None)
 
 
 @router.websocket("/ws/events/{event_id}")
-async def live_event(websocket: WebSocket, event_id: int, token: str | None = None) -> None:
+async def live_event(
+    websocket: WebSocket, event_id: int, manager: RealtimeDep, token: str | None = None
+) -> None:
     """As ``/ws``, subscribed to one event from the start."""
-    await _manager(websocket).serve(websocket, token=token, event_id=event_id)
+    await serve(manager, websocket, token=token, event_id=event_id)
 
 
 @router.get("/live", include_in_schema=False)
