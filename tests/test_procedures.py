@@ -30,7 +30,7 @@ def is_drop(path: Path) -> bool:
     return " ".join(code).strip().upper().startswith("DROP FUNCTION")
 
 
-def definitions(conn, schema: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def definitions(conn, schema: str) -> dict[str, str]:
     rows = conn.execute(OWNED, {"schema": schema})
     return {name: definition.replace(f"{schema}.", "", 1) for name, definition in rows}
 

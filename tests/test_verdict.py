@@ -22,10 +22,10 @@ CASES = [
 
 
 @pytest.fixture
-def situation(db, make_user, make_event):  # type: ignore[no-untyped-def]
+def situation(db, make_user, make_event):
     """An event with the seats left and the limit of a case, and a user holding some of them."""
 
-    def make(started: bool, seats_left: int, max_per_user: int, held: int):  # type: ignore[no-untyped-def]
+    def make(started: bool, seats_left: int, max_per_user: int, held: int):
         user = make_user()
         event = make_event(
             capacity=seats_left + held,
