@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: a request id on every request and a cap on body size."""
+"""Pure ASGI middleware: a request id on every request (and its 500s) and a cap on body size."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 import uuid
 from contextvars import ContextVar
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.envelope import error_body
+from api.errors import unhandled_error_handler
 
 MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -77,6 +79,10 @@ class BodyLimitMiddleware:
 
 
 class RequestIdMiddleware:
+    """A request id on every request (``X-Request-ID`` in, or a new one) and on its response and
+    log lines. It also renders the last-resort 500: Starlette's own handler for unhandled
+    exceptions sits outside every middleware, where the request id is already gone."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -87,9 +93,12 @@ class RequestIdMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming[:64] if incoming else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -97,5 +106,10 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if scope["type"] != "http" or started:
+                raise  # nothing left to answer with; uvicorn logs it and drops the connection
+            response = await unhandled_error_handler(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)

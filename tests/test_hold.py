@@ -4,9 +4,16 @@ test against the real services (docs/RELIABILITY.md, "Under outage, overload and
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import threading
 
 from sqlalchemy import text
+
+from api.app import create_app
+from api.middleware import request_id_var
+from common.logs import configure_logging
 
 
 def wait_for_lock_wait(engine, what: str) -> None:
@@ -47,3 +54,31 @@ def test_a_booking_racing_the_events_deletion_is_404(client, engine, make_user, 
     response = answers[0]
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "EVENT_NOT_FOUND"
+
+
+def test_an_unexpected_error_still_carries_the_request_id(settings, engine):
+    """A bug (any exception no handler knows) is a 500 in the envelope that still names its
+    request: the X-Request-ID header, and the request id on the logged traceback."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    stream = io.StringIO()
+    handler = configure_logging(
+        "WARNING", service="api", context={"request_id": request_id_var.get}, stream=stream
+    )
+    try:
+        with TestClient(app, raise_server_exceptions=False) as test_client:
+            response = test_client.get("/boom", headers={"X-Request-ID": "trace-the-bug"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "INTERNAL_ERROR"
+    assert response.headers.get("x-request-id") == "trace-the-bug"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failures = [line for line in lines if "RuntimeError: a bug" in line.get("exc_info", "")]
+    assert failures and all(line.get("request_id") == "trace-the-bug" for line in failures)
