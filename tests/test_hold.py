@@ -9,6 +9,8 @@ import json
 import logging
 import threading
 
+import bcrypt
+import pytest
 from sqlalchemy import text
 
 from api.app import create_app
@@ -82,3 +84,46 @@ def test_an_unexpected_error_still_carries_the_request_id(settings, engine):
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     failures = [line for line in lines if "RuntimeError: a bug" in line.get("exc_info", "")]
     assert failures and all(line.get("request_id") == "trace-the-bug" for line in failures)
+
+
+# ---------------------------------------------------------------- login and sign-up under load
+
+
+def app_client(settings, **overrides):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(settings.model_copy(update=overrides)))
+
+
+@pytest.fixture
+def bcrypt_calls(monkeypatch):
+    """Every bcrypt check the app makes, with the cost of the hash it compared against (a spy
+    on the library; the real bcrypt still runs)."""
+    calls: list[int] = []
+    real = bcrypt.checkpw
+
+    def spy(password: bytes, hashed: bytes) -> bool:
+        calls.append(int(hashed.split(b"$")[2]))
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
+    return calls
+
+
+def test_an_unknown_email_costs_the_same_bcrypt_work_as_a_wrong_password(
+    settings, engine, bcrypt_calls
+):
+    """The dummy hash an unknown email is checked against has the configured cost, so the two
+    failures take the same time (docs/API.md); it was built with 4 rounds whatever the setting."""
+    with app_client(settings, BCRYPT_ROUNDS=6) as client:
+        body = {"email": "known@example.com", "name": "Known", "password": "password123"}
+        assert client.post("/api/auth/register", json=body).status_code == 201
+        wrong = client.post(
+            "/api/auth/login", json={"email": body["email"], "password": "wrong-password"}
+        )
+        unknown = client.post(
+            "/api/auth/login", json={"email": "nobody@example.com", "password": "password123"}
+        )
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert bcrypt_calls == [6, 6]

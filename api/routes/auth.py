@@ -48,7 +48,9 @@ def login(body: UserLogin, request: Request, session: SessionDep, settings: Sett
         ],
         TooManyLoginAttempts,
     )
-    user = service.authenticate(session, body.email, body.password)
+    user = service.authenticate(
+        session, body.email, body.password, bcrypt_rounds=settings.BCRYPT_ROUNDS
+    )
     return ok(_auth_payload(user, settings))
 
 

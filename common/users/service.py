@@ -34,9 +34,10 @@ def register(session: Session, data: UserCreate, *, bcrypt_rounds: int, role: st
     return user
 
 
-def authenticate(session: Session, email: str, password: str) -> User:
+def authenticate(session: Session, email: str, password: str, *, bcrypt_rounds: int) -> User:
     user = get_by_email(session, email)
-    if not verify_password(password, user.password_hash if user else None) or user is None:
+    hashed = user.password_hash if user else None
+    if not verify_password(password, hashed, rounds=bcrypt_rounds) or user is None:
         raise InvalidCredentials()
     return user
 
