@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+import anyio
 from celery import Celery
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.redis = build_redis(settings)
     state.aredis = build_async_redis(settings)
     state.celery = build_task_sender(settings)
+    state.bcrypt_limiter = anyio.CapacityLimiter(settings.BCRYPT_CONCURRENCY)
     state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     PORT: int = 8000
     LOG_LEVEL: str = "INFO"
     BCRYPT_ROUNDS: int = Field(default=PRODUCTION_BCRYPT_ROUNDS, ge=4, le=16)
+    BCRYPT_CONCURRENCY: int = Field(
+        default=4, ge=1, description="password hashes/checks at once per API process"
+    )
 
     DB_POOL_SIZE: int = 20
     DB_MAX_OVERFLOW: int = 10

@@ -4,6 +4,7 @@ test against the real services (docs/RELIABILITY.md, "Under outage, overload and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -127,3 +128,96 @@ def test_an_unknown_email_costs_the_same_bcrypt_work_as_a_wrong_password(
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json() == unknown.json()
     assert bcrypt_calls == [6, 6]
+
+
+class Gate:
+    """Holds every call of a bcrypt function until released, and counts who is inside."""
+
+    def __init__(self, monkeypatch, name: str, meet: int = 0) -> None:
+        self.inside = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.barrier = threading.Barrier(meet) if meet else None
+        real = getattr(bcrypt, name)
+
+        def gated(*args):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            self.inside.release()
+            try:
+                if self.barrier is not None:
+                    # Wait (boundedly) for a second caller: it can only come if hashing is
+                    # not bounded to one at a time. The wait is a hang guard, not a check.
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        self.barrier.wait(timeout=3)
+                self.release.wait(60)
+                return real(*args)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+        monkeypatch.setattr(bcrypt, name, gated)
+
+
+def in_thread(call) -> tuple[threading.Thread, list]:
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.append(call()))
+    thread.start()
+    return thread, answers
+
+
+@pytest.mark.parametrize(
+    ("path", "gated", "body"),
+    [
+        ("/api/auth/login", "checkpw", {"email": "held@example.com", "password": "password123"}),
+        (
+            "/api/auth/register",
+            "hashpw",
+            {"email": "new@example.com", "name": "New", "password": "password123"},
+        ),
+    ],
+)
+def test_bcrypt_holds_no_database_connection(
+    settings, engine, make_user, make_event, auth, monkeypatch, path, gated, body
+):
+    """With a one-connection pool, a booking goes through while a login or sign-up is inside
+    bcrypt: the password is hashed or checked with no connection (and no transaction) held.
+    Before, bcrypt ran inside the request's transaction and the booking waited for the pool."""
+    make_user(email="held@example.com")
+    event = make_event()
+    headers = auth(make_user())
+    gate = Gate(monkeypatch, gated)
+    with app_client(settings, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0) as client:
+        thread, answers = in_thread(lambda: client.post(path, json=body))
+        try:
+            assert gate.inside.acquire(timeout=30)
+            booking = client.post("/api/bookings", json={"eventId": event.id}, headers=headers)
+        finally:
+            gate.release.set()
+            thread.join(60)
+    assert booking.status_code == 202, booking.text
+    assert answers and answers[0].status_code in (200, 201), answers[0].text
+
+
+def test_concurrent_bcrypt_is_bounded(settings, engine, make_user, monkeypatch):
+    """BCRYPT_CONCURRENCY=1: two logins at once run bcrypt one after the other (a flood of
+    logins waits for a hashing slot without a thread, instead of taking every one)."""
+    make_user(email="a@example.com")
+    make_user(email="b@example.com")
+    gate = Gate(monkeypatch, "checkpw", meet=2)
+    gate.release.set()
+    with app_client(settings, BCRYPT_CONCURRENCY=1) as client:
+        logins = [
+            in_thread(
+                lambda email=email: client.post(
+                    "/api/auth/login", json={"email": email, "password": "password123"}
+                )
+            )
+            for email in ("a@example.com", "b@example.com")
+        ]
+        for thread, _ in logins:
+            thread.join(60)
+    assert [answers[0].status_code for _, answers in logins] == [200, 200]
+    assert gate.most == 1
