@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     LOGIN_ATTEMPTS_PER_ACCOUNT: int = Field(default=5, ge=1, description="per email per window")
     LOGIN_ATTEMPTS_PER_ADDRESS: int = Field(default=20, ge=1, description="per client IP")
     LOGIN_WINDOW: int = Field(default=60, ge=1, description="seconds")
+    SIGNUP_ATTEMPTS_PER_ADDRESS: int = Field(default=10, ge=1, description="per client IP")
+    SIGNUP_WINDOW: int = Field(default=60, ge=1, description="seconds")
 
     # Operations.
     FLOWER_USER: str | None = None

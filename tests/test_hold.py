@@ -221,3 +221,20 @@ def test_concurrent_bcrypt_is_bounded(settings, engine, make_user, monkeypatch):
             thread.join(60)
     assert [answers[0].status_code for _, answers in logins] == [200, 200]
     assert gate.most == 1
+
+
+def test_sign_ups_are_limited_per_address(settings, engine):
+    """A flood of sign-ups from one address is refused past the limit: 429 in the envelope,
+    with Retry-After, before any bcrypt work (it had no limit at all)."""
+    with app_client(settings, SIGNUP_ATTEMPTS_PER_ADDRESS=3) as client:
+        answers = [
+            client.post(
+                "/api/auth/register",
+                json={"email": f"flood{n}@example.com", "name": "Flood", "password": "password123"},
+            )
+            for n in range(4)
+        ]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "TOO_MANY_SIGNUPS"
+    assert 0 < int(refused.headers["Retry-After"]) <= settings.SIGNUP_WINDOW

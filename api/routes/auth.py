@@ -20,7 +20,7 @@ from api.deps import CurrentUser, SettingsDep
 from api.envelope import Envelope, error_responses, ok
 from common import ratelimit
 from common.db import session_scope
-from common.errors import TooManyLoginAttempts
+from common.errors import TooManyLoginAttempts, TooManySignUps
 from common.ratelimit import Limit
 from common.security import create_access_token, hash_password
 from common.users import service
@@ -41,6 +41,11 @@ async def _bcrypt(request: Request, func: Any, *args: Any, **kwargs: Any) -> Any
     return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=limiter)
 
 
+def _address(request: Request) -> str:
+    # The peer uvicorn reports: X-Forwarded-For only from FORWARDED_ALLOW_IPS (docs/OPERATIONS.md).
+    return request.client.host if request.client else "unknown"
+
+
 def _create_user(request: Request, data: UserCreate, password_hash: str) -> User:
     with session_scope(request.app.state.session_factory) as session:
         return service.register(session, data, password_hash=password_hash)
@@ -55,10 +60,19 @@ def _find_user(request: Request, email: str) -> User | None:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=Envelope[AuthRead],
-    responses=error_responses(400, 409, 413),
+    responses=error_responses(400, 409, 413, 429),
 )
 async def register(body: UserCreate, request: Request, settings: SettingsDep) -> dict:
-    """Create an account with the role `user`; admins come from `ebs users create-admin`."""
+    """Create an account with the role `user`; admins come from `ebs users create-admin`.
+    Throttled per client address before any hashing: 429 ``TOO_MANY_SIGNUPS`` with
+    ``Retry-After`` once a window's attempts are used."""
+    limit = Limit(
+        "signup:address",
+        _address(request),
+        settings.SIGNUP_ATTEMPTS_PER_ADDRESS,
+        settings.SIGNUP_WINDOW,
+    )
+    await run_in_threadpool(ratelimit.hit, request.app.state.redis, [limit], TooManySignUps)
     password_hash = await _bcrypt(request, hash_password, body.password, settings.BCRYPT_ROUNDS)
     user = await run_in_threadpool(_create_user, request, body, password_hash)
     return ok(_auth_payload(user, settings))
@@ -70,11 +84,10 @@ async def register(body: UserCreate, request: Request, settings: SettingsDep) ->
 async def login(body: UserLogin, request: Request, settings: SettingsDep) -> dict:
     """Throttled per account and per client address before any password is checked:
     429 ``TOO_MANY_LOGIN_ATTEMPTS`` with ``Retry-After`` once a window's attempts are used."""
-    address = request.client.host if request.client else "unknown"
     window = settings.LOGIN_WINDOW
     limits = [
         Limit("login:account", body.email.lower(), settings.LOGIN_ATTEMPTS_PER_ACCOUNT, window),
-        Limit("login:address", address, settings.LOGIN_ATTEMPTS_PER_ADDRESS, window),
+        Limit("login:address", _address(request), settings.LOGIN_ATTEMPTS_PER_ADDRESS, window),
     ]
     await run_in_threadpool(ratelimit.hit, request.app.state.redis, limits, TooManyLoginAttempts)
     found = await run_in_threadpool(_find_user, request, body.email)
