@@ -260,3 +260,48 @@ def test_a_date_past_year_9999_in_utc_is_400(client, make_user, make_event, auth
     error = response.json()["error"]
     assert error["code"] == "VALIDATION_ERROR"
     assert [d["field"] for d in error["details"]] == ["eventDate"]
+
+
+# ---------------------------------------------------------------- what the logs may hold
+
+
+def test_a_token_in_the_url_never_reaches_the_log(engine, make_user, token_for):
+    """A real uvicorn at --log-level info (as `make run` serves it) logs the WebSocket it
+    accepted and each request, path and query included, but a `token=` in the URL is redacted."""
+    import asyncio
+
+    import httpx
+    from websockets.asyncio.client import connect
+
+    from tests.conftest import BIN, ManagedProcess, free_port, process_env, wait_until
+
+    port = free_port()
+    url = f"127.0.0.1:{port}"
+    api = ManagedProcess("redact-api")
+    argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "info"]  # fmt: skip
+    api.spawn(argv, process_env(LOG_LEVEL="INFO"))
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the api")
+        token = token_for(make_user())
+
+        async def open_socket() -> None:
+            async with connect(f"ws://{url}/ws?token={token}", open_timeout=30) as conn:
+                await asyncio.wait_for(conn.recv(), 30)
+
+        asyncio.run(open_socket())
+        assert httpx.get(f"http://{url}/api/auth/me?token={token}&x=1", timeout=10).status_code
+        logged = ('"WebSocket /ws?token=', "/api/auth/me?token=")
+        wait_until(lambda: all(s in api.log.read_text() for s in logged), 30, "both lines")
+        log = api.log.read_text()
+    finally:
+        api.stop()
+    assert token not in log
+    assert "token=[redacted]" in log
