@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.middleware import AllowedHostsMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from api.pubsub import STOP_TIMEOUT, Hub, within
 from api.realtime import ConnectionManager, close_on_signals
 from api.routes import auth, bookings, events, health, ws
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["Location", "Preference-Applied", "X-Request-ID", "Retry-After"],
     )
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AllowedHostsMiddleware, allowed=settings.ALLOWED_HOSTS)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).
     app.add_middleware(metrics.MetricsMiddleware)

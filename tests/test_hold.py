@@ -13,6 +13,7 @@ import threading
 import bcrypt
 import pytest
 from sqlalchemy import text
+from starlette.websockets import WebSocketDisconnect
 
 from api.app import create_app
 from api.middleware import request_id_var
@@ -305,3 +306,21 @@ def test_a_token_in_the_url_never_reaches_the_log(engine, make_user, token_for):
         api.stop()
     assert token not in log
     assert "token=[redacted]" in log
+
+
+# ---------------------------------------------------------------- hosts, origins, pages
+
+
+def test_a_host_not_allowed_is_refused_and_never_reflected(client):
+    """A redirect used to name whatever Host the client sent (`Host: evil.example` ->
+    `Location: http://evil.example/...`). Hosts outside ALLOWED_HOSTS are 400 in the envelope."""
+    evil = client.get("/api/events/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert evil.status_code == 400, evil.headers
+    assert evil.json()["error"]["code"] == "INVALID_HOST"
+    assert "location" not in evil.headers
+    ours = client.get("/api/events/", headers={"Host": "testserver"}, follow_redirects=False)
+    assert ours.status_code == 307
+    assert ours.headers["location"].startswith("http://testserver/")
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/ws", headers={"Host": "evil.example"}) as ws:
+            ws.receive_json()
