@@ -11,10 +11,14 @@ from functools import partial
 import anyio
 from celery import Celery
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
-from api.middleware import AllowedHostsMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from api.middleware import (
+    AllowedHostsMiddleware,
+    BodyLimitMiddleware,
+    EnvelopeCORSMiddleware,
+    RequestIdMiddleware,
+)
 from api.pubsub import STOP_TIMEOUT, Hub, within
 from api.realtime import ConnectionManager, close_on_signals
 from api.routes import auth, bookings, events, health, ws
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.include_router(baseline.router)
     app.add_middleware(
-        CORSMiddleware,
+        EnvelopeCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],

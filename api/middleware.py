@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: a request id on every request (and its 500s), allowed hosts and a cap
-on body size."""
+"""Pure ASGI middleware: a request id on every request (and its 500s), allowed hosts, CORS
+refusals in the envelope and a cap on body size."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import uuid
 from contextvars import ContextVar
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.envelope import error_body
@@ -74,6 +77,21 @@ class AllowedHostsMiddleware:
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
         else:
             await _send_error(send, 400, error_body("INVALID_HOST", "Host header not allowed"))
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS (pure ASGI), with a refused preflight answered in the error envelope:
+    400 ``CORS_REFUSED`` instead of a text/plain "Disallowed CORS origin"."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        keep = {
+            k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")
+        }
+        message = bytes(response.body).decode()
+        return JSONResponse(error_body("CORS_REFUSED", message), status_code=400, headers=keep)
 
 
 class BodyLimitMiddleware:

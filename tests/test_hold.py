@@ -324,3 +324,19 @@ def test_a_host_not_allowed_is_refused_and_never_reflected(client):
     with pytest.raises(WebSocketDisconnect):
         with client.websocket_connect("/ws", headers={"Host": "evil.example"}) as ws:
             ws.receive_json()
+
+
+def test_a_refused_cors_preflight_is_the_error_envelope(client, settings):
+    preflight = {"Access-Control-Request-Method": "POST"}
+    refused = client.options(
+        "/api/bookings", headers=preflight | {"Origin": "https://evil.example"}
+    )
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["code"] == "CORS_REFUSED"
+    assert "access-control-allow-origin" not in refused.headers
+    allowed = client.options(
+        "/api/bookings", headers=preflight | {"Origin": settings.CORS_ORIGINS[0]}
+    )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == settings.CORS_ORIGINS[0]
