@@ -20,7 +20,7 @@ COPY api ./api
 COPY worker ./worker
 COPY common ./common
 COPY migrations ./migrations
-COPY celeryconfig.py alembic.ini ./
+COPY celeryconfig.py flowerconfig.py alembic.ini ./
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
