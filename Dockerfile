@@ -26,7 +26,8 @@ FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    APP_ENV=production
+    APP_ENV=production \
+    FORWARDED_ALLOW_IPS=""
 RUN groupadd --system --gid 10001 ebs \
     && useradd --system --uid 10001 --gid ebs --home-dir /app --shell /usr/sbin/nologin ebs
 COPY --from=build /opt/venv /opt/venv

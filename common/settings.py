@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     ]
     ALLOWED_HOSTS: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
     PORT: int = 8000
+    # Read by uvicorn itself from the environment (scripts/run.sh exports it from here).
+    FORWARDED_ALLOW_IPS: str = Field(
+        default="", description="proxies whose X-Forwarded-For is trusted; none by default"
+    )
     LOG_LEVEL: str = "INFO"
     BCRYPT_ROUNDS: int = Field(default=PRODUCTION_BCRYPT_ROUNDS, ge=4, le=16)
     BCRYPT_CONCURRENCY: int = Field(

@@ -31,6 +31,7 @@ TEST_ENV = {
     "SWEEP_PENDING_AFTER": "3",
     "LOG_LEVEL": "WARNING",
     "ALLOWED_HOSTS": "testserver,127.0.0.1,localhost",  # TestClient's Host, and real servers'
+    "FORWARDED_ALLOW_IPS": "",  # uvicorn's own default trusts loopback; run.sh sets it like this
 }
 os.environ.update(TEST_ENV)
 
