@@ -11,6 +11,7 @@ from functools import partial
 import anyio
 from celery import Celery
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from api import errors, metrics
 from api.middleware import (
@@ -39,11 +40,27 @@ def build_task_sender(settings: Settings) -> Celery:
     return client
 
 
+def build_api_engine(settings: Settings) -> Engine:
+    """The API's engine, with every wait on PostgreSQL bounded: opening a connection, waiting
+    for a free one in the pool, a statement, a lock. A database that cannot take a request
+    costs it at most these bounds and a 503 with Retry-After, not a threadpool slot held
+    indefinitely (docs/configuration.md, "Database pool")."""
+    server_limits = (
+        f"-c statement_timeout={round(settings.DB_STATEMENT_TIMEOUT * 1000)} "
+        f"-c lock_timeout={round(settings.DB_LOCK_TIMEOUT * 1000)}"
+    )
+    return build_engine(
+        settings,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        connect_args={"connect_timeout": settings.DB_CONNECT_TIMEOUT, "options": server_limits},
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = app.state
-    state.engine = build_engine(settings)
+    state.engine = build_api_engine(settings)
     state.session_factory = build_sessionmaker(state.engine)
     state.redis = build_redis(settings)
     state.aredis = build_async_redis(settings)

@@ -41,6 +41,15 @@ class Settings(BaseSettings):
 
     DB_POOL_SIZE: int = 20
     DB_MAX_OVERFLOW: int = 10
+    # Bounds on every wait of the API on PostgreSQL (the worker is bounded by its task limits).
+    DB_CONNECT_TIMEOUT: int = Field(default=5, ge=1, description="seconds to open a connection")
+    DB_POOL_TIMEOUT: float = Field(default=5.0, gt=0, description="seconds to wait for the pool")
+    DB_STATEMENT_TIMEOUT: float = Field(
+        default=30.0, ge=0, description="seconds one statement may run; 0 means no limit"
+    )
+    DB_LOCK_TIMEOUT: float = Field(
+        default=5.0, ge=0, description="seconds one statement may wait for a lock; 0: no limit"
+    )
 
     # Booking pipeline.
     BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
