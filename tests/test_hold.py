@@ -364,46 +364,6 @@ def test_the_live_page_sends_a_content_security_policy(client):
     assert policy["script-src"] == f"'sha256-{digest}'"
 
 
-def test_flowers_metrics_need_its_basic_auth(engine):
-    """Flower (as `make run` and compose start it, with --basic-auth) served /metrics to anyone:
-    its own auth did not cover that page. Only /healthcheck stays open, for probes."""
-    import httpx
-
-    from tests.conftest import BIN, ManagedProcess, free_port, process_env, wait_until
-
-    port = free_port()
-    flower = ManagedProcess("flower")
-    flower.spawn(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "worker.app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-            "--basic-auth=ops:s3cret",
-        ],  # fmt: skip
-        process_env(),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "flower")
-        anonymous = httpx.get(f"{base}/metrics", timeout=10)
-        wrong = httpx.get(f"{base}/metrics", auth=("ops", "guess"), timeout=10)
-        right = httpx.get(f"{base}/metrics", auth=("ops", "s3cret"), timeout=10)
-    finally:
-        flower.stop()
-    assert anonymous.status_code == wrong.status_code == 401
-    assert right.status_code == 200 and "flower_" in right.text
-
-
 # ---------------------------------------------------------------- behind a proxy, or not
 
 
