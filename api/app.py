@@ -26,6 +26,7 @@ from api.routes import auth, bookings, events, health, ws
 from common.bookings.signals import signal_event
 from common.db import build_engine, build_sessionmaker
 from common.redis_client import build_async_redis, build_redis
+from common.security import dummy_hash
 from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.aredis = build_async_redis(settings)
     state.celery = build_task_sender(settings)
     state.bcrypt_limiter = anyio.CapacityLimiter(settings.BCRYPT_CONCURRENCY)
+    await anyio.to_thread.run_sync(dummy_hash, settings.BCRYPT_ROUNDS)
     state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)

@@ -19,9 +19,10 @@ ALGORITHM = "HS256"
 
 
 @lru_cache
-def _dummy_hash(rounds: int) -> bytes:
-    # bcrypt's time is set by the cost in the hash: a dummy of the configured cost makes an
-    # unknown email cost as much as a wrong password, so timing does not reveal which exist.
+def dummy_hash(rounds: int) -> bytes:
+    """bcrypt's time is set by the cost in the hash: a dummy of the configured cost makes an
+    unknown email cost as much as a wrong password, so timing does not reveal which exist.
+    Built once per cost; the API builds it at start, so no login pays for building it."""
     return bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds=rounds))
 
 
@@ -33,7 +34,7 @@ def verify_password(password: str, password_hash: str | None, *, rounds: int) ->
     """Check ``password``; with no hash (unknown account) check a dummy of cost ``rounds``,
     the configured ``BCRYPT_ROUNDS``, and answer False."""
     if password_hash is None:
-        bcrypt.checkpw(password.encode(), _dummy_hash(rounds))
+        bcrypt.checkpw(password.encode(), dummy_hash(rounds))
         return False
     return bcrypt.checkpw(password.encode(), password_hash.encode())
 

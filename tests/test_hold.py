@@ -451,3 +451,16 @@ def test_a_lock_held_past_the_lock_timeout_is_503(settings, engine, make_user, m
     assert int(answered_while_locked.headers["Retry-After"]) > 0
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM bookings")) == 0
+
+
+def test_the_first_unknown_email_costs_no_more_than_the_next(settings, engine, monkeypatch):
+    """The dummy hash is built when the API starts, not by the first login for an unknown
+    email (that login would run bcrypt twice, and be told apart by its time)."""
+    hashes: list[int] = []
+    real = bcrypt.hashpw
+    monkeypatch.setattr(bcrypt, "hashpw", lambda pw, salt: hashes.append(1) or real(pw, salt))
+    with app_client(settings, BCRYPT_ROUNDS=5) as client:
+        hashes.clear()  # whatever the start-up did
+        body = {"email": "nobody@example.com", "password": "password123"}
+        assert client.post("/api/auth/login", json=body).status_code == 401
+    assert hashes == []
