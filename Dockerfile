@@ -24,13 +24,14 @@ COPY api ./api
 COPY worker ./worker
 COPY common ./common
 COPY migrations ./migrations
-COPY celeryconfig.py alembic.ini ./
+COPY celeryconfig.py flowerconfig.py alembic.ini ./
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    APP_ENV=production
+    APP_ENV=production \
+    FORWARDED_ALLOW_IPS=""
 RUN groupadd --system --gid 10001 ebs \
     && useradd --system --uid 10001 --gid ebs --home-dir /app --shell /usr/sbin/nologin ebs
 COPY --from=build /opt/venv /opt/venv

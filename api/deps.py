@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from fastapi import Depends
@@ -55,6 +56,8 @@ AsyncRedisDep = Annotated[aioredis.Redis, Depends(app_state("aredis"))]  # async
 # common.bookings.signals.signal_event bound to the app's clients: queue a drain for an event.
 SignalDep = Annotated[Signal, Depends(app_state("signal"))]
 HubDep = Annotated[Hub, Depends(app_state("hub"))]
+# At most BCRYPT_CONCURRENCY password hashes at once in this process (api/routes/auth.py).
+BcryptLimiterDep = Annotated[anyio.CapacityLimiter, Depends(app_state("bcrypt_limiter"))]
 RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]
 
 

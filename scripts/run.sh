@@ -34,6 +34,7 @@ user = s.FLOWER_USER or ("" if s.APP_ENV == "production" else "flower")
 password = s.FLOWER_PASSWORD.get_secret_value() if s.FLOWER_PASSWORD else (
     "" if s.APP_ENV == "production" else "flower")
 print(f"PORT={s.PORT} APP_ENV={s.APP_ENV} LOG_LEVEL={shlex.quote(s.LOG_LEVEL.lower())}")
+print(f"FORWARDED_ALLOW_IPS={shlex.quote(s.FORWARDED_ALLOW_IPS)}")
 print(f"FLOWER_AUTH={shlex.quote(f'{user}:{password}' if user and password else '')}")
 PYEOF
 )"
@@ -56,6 +57,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# uvicorn reads FORWARDED_ALLOW_IPS itself; unset, it would trust X-Forwarded-For from loopback.
+export FORWARDED_ALLOW_IPS
 "$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" &
 pids+=($!)
 # Restart a process that exits on its own: Celery's worker stops for good when Redis drops while

@@ -24,6 +24,8 @@ TEST_ENV = {
     "SWEEP_INTERVAL": "1",
     "SWEEP_PENDING_AFTER": "3",
     "LOG_LEVEL": "WARNING",
+    "ALLOWED_HOSTS": "testserver,127.0.0.1,localhost",  # TestClient's Host, and real servers'
+    "FORWARDED_ALLOW_IPS": "",  # uvicorn's own default trusts loopback; run.sh sets it like this
 }
 os.environ.update(TEST_ENV)
 

@@ -33,6 +33,11 @@ def test_flower_answers_only_with_basic_auth(engine):
         assert httpx.get(f"{url}/", timeout=5).status_code == 401
         assert httpx.get(f"{url}/", auth=("ops", "wrong"), timeout=5).status_code == 401
         assert httpx.get(f"{url}/", auth=("ops", "s3cret"), timeout=5).status_code == 200
+        # Flower 2.2 served /metrics to anyone; flowerconfig.py puts it behind the same auth.
+        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 401
+        assert httpx.get(f"{url}/metrics", auth=("ops", "wrong"), timeout=5).status_code == 401
+        metrics = httpx.get(f"{url}/metrics", auth=("ops", "s3cret"), timeout=5)
+        assert metrics.status_code == 200 and "flower_" in metrics.text
     finally:
         flower.stop()
 

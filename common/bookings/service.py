@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings import procedures
@@ -20,6 +21,7 @@ from common.errors import (
     AlreadyCancelled,
     BookingNotFound,
     BookingRejected,
+    DomainError,
     EventNotFound,
     EventPast,
     Forbidden,
@@ -73,6 +75,11 @@ SELECT f.user_id AS known_user, f.event_id AS known_event, f.verdict, f.max_seat
 FROM facts f LEFT JOIN ins ON true
 """
 )
+# The foreign keys intake's insert can trip when its row is deleted under it (see request_booking).
+GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
+    "fk_bookings_event_id_events": EventNotFound,
+    "fk_bookings_user_id_users": InvalidToken,
+}
 BOOKING_COLUMNS = [column.key for column in Booking.__table__.columns]
 NO_PENDING_CAP = 2**31 - 1
 
@@ -101,22 +108,31 @@ def request_booking(
     created.
     """
     fingerprint = request_hash(data)
-    row = (
-        session.execute(
-            INTAKE,
-            {
-                "user_id": user_id,
-                "event_id": data.event_id,
-                "quantity": data.quantity,
-                "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
-                "booking_id": booking_id or new_booking_id(),
-                "idempotency_key": idempotency_key,
-                "request_hash": fingerprint,
-            },
+    try:
+        row = (
+            session.execute(
+                INTAKE,
+                {
+                    "user_id": user_id,
+                    "event_id": data.event_id,
+                    "quantity": data.quantity,
+                    "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
+                    "booking_id": booking_id or new_booking_id(),
+                    "idempotency_key": idempotency_key,
+                    "request_hash": fingerprint,
+                },
+            )
+            .mappings()
+            .one()
         )
-        .mappings()
-        .one()
-    )
+    except IntegrityError as exc:
+        # The event (or user) was read, then deleted by a transaction that committed before our
+        # insert's foreign-key check: to the client it is gone, as if it had never been read.
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        gone = GONE_WITH_THE_ROW.get(constraint or "")
+        if gone is None:
+            raise
+        raise gone() from exc
     if row["known_user"] is None:
         raise InvalidToken()
     if row["known_event"] is None:
