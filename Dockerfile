@@ -10,23 +10,28 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
-# The editable install points /opt/venv at /app, where `ebs db upgrade` finds alembic.ini and
-# migrations/ beside the code (a plain wheel would leave them behind).
+# Dependencies first, from the lock alone (exact versions, hashes checked: the image installs
+# what the tests ran against, docs/SETUP.md "Dependencies"), so a source change does not
+# reinstall them. Then the project itself, without resolving anything again. The editable
+# install points /opt/venv at /app, where `ebs db upgrade` finds alembic.ini and migrations/
+# beside the code (a plain wheel would leave them behind).
+COPY requirements/base.txt ./requirements/
+RUN pip install --require-hashes -r requirements/base.txt
 COPY pyproject.toml ./
 RUN mkdir api worker common && touch api/__init__.py worker/__init__.py common/__init__.py \
-    celeryconfig.py && pip install -e .
+    celeryconfig.py && pip install --no-deps -e .
 COPY api ./api
 COPY worker ./worker
 COPY common ./common
 COPY migrations ./migrations
-COPY celeryconfig.py alembic.ini ./
+COPY celeryconfig.py flowerconfig.py alembic.ini ./
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    APP_ENV=production
+    APP_ENV=production \
+    FORWARDED_ALLOW_IPS=""
 RUN groupadd --system --gid 10001 ebs \
     && useradd --system --uid 10001 --gid ebs --home-dir /app --shell /usr/sbin/nologin ebs
 COPY --from=build /opt/venv /opt/venv

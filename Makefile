@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test install services db lint bench clean chromium
+.PHONY: run test install services db lint lock bench clean chromium
 
 run: install services db
 	$(BIN)/ebs db seed --if-empty
@@ -14,15 +14,36 @@ test: install services chromium
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# From the lock (requirements/, docs/SETUP.md "Dependencies"), then the project itself without
+# resolving again; a changed lock or pyproject.toml installs again.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# Re-compile the lock from pyproject.toml: one file per install set (base: the image; dev: make
+# install; bench: make bench). Keeps the locked versions unless told:
+# make lock LOCK_ARGS=--upgrade, or LOCK_ARGS="--upgrade-package fastapi".
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(LOCK_ARGS)
+lock: install
+	$(LOCK) -o requirements/base.txt
+	$(LOCK) --extra dev -o requirements/dev.txt
+	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
+
 # The live page's browser test drives Debian's Chromium; Playwright's own download is blocked.
+# As root, install it with apt (README, "Tests"); otherwise say what to do and go on: that one
+# test then fails, naming the package.
 chromium:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@test -x /usr/bin/chromium || if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium with apt-get, for the live page's browser test"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+	  echo "note: /usr/bin/chromium is missing and this is not root: run 'sudo apt-get install chromium'," \
+	    "or tests/test_live_page.py will fail" >&2; \
+	fi
 
 services: install
 	scripts/ensure-services.sh
@@ -36,13 +57,15 @@ db: install services
 bench: $(VENV)/.bench-installed services
 	$(BIN)/python -m bench.flash_sale $(BENCH_ARGS)
 
-$(VENV)/.bench-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev,bench]'
+$(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
+	$(BIN)/pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
 
+# Run by CI (.ci/run) beside `make test`; settings in pyproject.toml.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache

@@ -8,18 +8,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+import anyio
 from celery import Celery
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import Engine
 
 from api import errors, fastpath, metrics
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.pubsub import STOP_TIMEOUT, Hub, within
-from api.realtime import ConnectionManager, close_on_signals
+from api.hub import STOP_TIMEOUT, Hub, within
+from api.middleware import (
+    AllowedHostsMiddleware,
+    BodyLimitMiddleware,
+    EnvelopeCORSMiddleware,
+    RequestIdMiddleware,
+)
+from api.realtime.connections import ConnectionManager
+from api.realtime.fanout import dispatch
+from api.realtime.shutdown import close_all
+from api.realtime.signals import close_on_signals
 from api.routes import auth, bookings, events, health, ws
 from common.bookings.signals import signal_event
 from common.db import build_engine, build_sessionmaker
 from common.redis_client import build_async_redis, build_redis
+from common.security import dummy_hash
 from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -34,19 +44,37 @@ def build_task_sender(settings: Settings) -> Celery:
     return client
 
 
+def build_api_engine(settings: Settings) -> Engine:
+    """The API's engine, with every wait on PostgreSQL bounded: opening a connection, waiting
+    for a free one in the pool, a statement, a lock. A database that cannot take a request
+    costs it at most these bounds and a 503 with Retry-After, not a threadpool slot held
+    indefinitely (docs/configuration.md, "Database pool")."""
+    server_limits = (
+        f"-c statement_timeout={round(settings.DB_STATEMENT_TIMEOUT * 1000)} "
+        f"-c lock_timeout={round(settings.DB_LOCK_TIMEOUT * 1000)}"
+    )
+    return build_engine(
+        settings,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        connect_args={"connect_timeout": settings.DB_CONNECT_TIMEOUT, "options": server_limits},
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    state = app.state
-    state.engine = build_engine(settings)
+    state = app.state  # each attribute is read, typed, by one dependency in api/deps.py
+    state.engine = build_api_engine(settings)
     state.session_factory = build_sessionmaker(state.engine)
     state.redis = build_redis(settings)
     state.aredis = build_async_redis(settings)
     state.celery = build_task_sender(settings)
+    state.bcrypt_limiter = anyio.CapacityLimiter(settings.BCRYPT_CONCURRENCY)
+    await anyio.to_thread.run_sync(dummy_hash, settings.BCRYPT_ROUNDS)
     state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
-    state.hub.add_listener(state.realtime.dispatch)
+    state.hub.add_listener(partial(dispatch, state.realtime))
     fastpath.start(state)
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
@@ -54,10 +82,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         restore_signals()
-        await state.realtime.close_all()
+        await close_all(state.realtime)
         fastpath.stop(state)
         await state.hub.stop()
-        # Bounded for the same redis-py stalls as the Hub's subscription (see pubsub.within).
+        # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
         state.redis.close()
         state.engine.dispose()
@@ -86,13 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.include_router(baseline.router)
     app.add_middleware(
-        CORSMiddleware,
+        EnvelopeCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
         expose_headers=["Location", "Preference-Applied", "X-Request-ID", "Retry-After"],
     )
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AllowedHostsMiddleware, allowed=settings.ALLOWED_HOSTS)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).
     app.add_middleware(metrics.MetricsMiddleware)

@@ -1,14 +1,31 @@
-"""Request dependencies: settings, a DB session that commits before the response, the user."""
+"""Request dependencies: what ``lifespan`` put on app.state, typed; a DB session that commits
+before the response; the user.
+
+Routes take these instead of reading ``request.app.state`` (untyped), so a reader and mypy know
+what each thing is: each ``...Dep`` alias names one attribute and its type. The getters are
+``async def``: they only read an attribute, and FastAPI would run a plain ``def`` dependency in
+its threadpool.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+import anyio
+import redis
+import redis.asyncio as aioredis
+from fastapi import Depends
+from fastapi.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
+from api.hub import Hub
+from api.realtime.connections import ConnectionManager
+from api.seats import SeatSnapshots
+from common.bookings.intake import IntakeWriter
+from common.bookings.service import Signal
 from common.db import session_scope
 from common.errors import Unauthorized
 from common.settings import Settings
@@ -19,15 +36,38 @@ from common.users.models import User
 bearer = HTTPBearer(auto_error=False, description="JWT from /api/auth/login")
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def app_state(name: str) -> Callable[[HTTPConnection], Awaitable[Any]]:
+    """A dependency returning ``app.state.<name>``, as the lifespan set it; the alias below that
+    uses it says its type."""
+
+    async def get(conn: HTTPConnection) -> Any:
+        return getattr(conn.app.state, name)
+
+    get.__name__ = f"get_{name}"
+    return get
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# The settings this app was built with (create_app), not the environment's get_settings().
+get_app_settings = app_state("settings")
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+EngineDep = Annotated[Engine, Depends(app_state("engine"))]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(app_state("session_factory"))]
+RedisDep = Annotated[redis.Redis, Depends(app_state("redis"))]  # blocking: def routes
+AsyncRedisDep = Annotated[aioredis.Redis, Depends(app_state("aredis"))]  # async def routes
+# common.bookings.signals.signal_event bound to the app's clients: queue a drain for an event.
+SignalDep = Annotated[Signal, Depends(app_state("signal"))]
+HubDep = Annotated[Hub, Depends(app_state("hub"))]
+# At most BCRYPT_CONCURRENCY password hashes at once in this process (api/routes/auth.py).
+BcryptLimiterDep = Annotated[anyio.CapacityLimiter, Depends(app_state("bcrypt_limiter"))]
+RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]
+# Built by api.fastpath.start: intake's group-commit writer and the events' seat snapshots.
+IntakeDep = Annotated[IntakeWriter, Depends(app_state("intake"))]
+SeatsDep = Annotated[SeatSnapshots, Depends(app_state("seats"))]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with session_scope(request.app.state.session_factory) as session:
+def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
+    with session_scope(factory) as session:
         yield session
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.envelope import error_body
@@ -118,7 +119,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    # OperationalError covers a lost connection and a statement or lock wait cut short by
+    # DB_STATEMENT_TIMEOUT / DB_LOCK_TIMEOUT; PoolTimeout, no connection free in DB_POOL_TIMEOUT.
     app.add_exception_handler(OperationalError, unavailable_handler)
+    app.add_exception_handler(PoolTimeout, unavailable_handler)
     app.add_exception_handler(redis.ConnectionError, unavailable_handler)
     app.add_exception_handler(redis.TimeoutError, unavailable_handler)
     app.add_exception_handler(ValueError, value_error_handler)

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import REQUEST_SECONDS, REQUESTS
-from api.middleware import request_id_var
+from api.middleware import AllowedHostsMiddleware, request_id_var
 from api.routes.bookings import accept_booking, read_booking
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeWriter
@@ -49,12 +49,28 @@ POST_ROUTE, GET_ROUTE = "/api/bookings", "/api/bookings/{booking_id}"
 SYNC_ROUTE = "/api/bench/bookings-sync"  # the benchmark's baseline, on the same lean layer
 
 
+async def _accept(
+    state: Any, user_id: int, data: BookingCreate, key: str | None, prefer: str | None
+) -> Response:
+    return await accept_booking(
+        state.settings,
+        state.session_factory,
+        state.hub,
+        state.intake,
+        state.seats,
+        user_id,
+        data,
+        key,
+        prefer,
+    )
+
+
 async def _book_synchronously(
     state: Any, user_id: int, data: BookingCreate, *_: str | None
 ) -> Response:
     from api.routes import baseline  # only mounted with ENABLE_SYNC_BASELINE
 
-    return await baseline.book(state, user_id, data)
+    return await baseline.book(state.session_factory, user_id, data)
 
 
 def start(state: Any) -> None:
@@ -104,12 +120,13 @@ class FastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._hosts: AllowedHostsMiddleware | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and self._allowed_host(scope):
             method, path = scope["method"], scope["path"]
             if method == "POST" and path == POST_ROUTE:
-                await self._post(scope, receive, send, POST_ROUTE, accept_booking)
+                await self._post(scope, receive, send, POST_ROUTE, _accept)
                 return
             if method == "POST" and path == SYNC_ROUTE and self._baseline(scope):
                 await self._post(scope, receive, send, SYNC_ROUTE, _book_synchronously)
@@ -151,6 +168,17 @@ class FastPath:
             ),
         )
 
+    def _allowed_host(self, scope: Scope) -> bool:
+        """The Host check of AllowedHostsMiddleware, which the full path would apply."""
+        hosts = self._hosts
+        if hosts is None:
+            hosts = self._hosts = AllowedHostsMiddleware(
+                self.app, scope["app"].state.settings.ALLOWED_HOSTS
+            )
+        if hosts.any:
+            return True
+        return hosts.allows(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+
     async def _get(self, scope: Scope, receive: Receive, send: Send, booking_id: str) -> None:
         headers = _plain_headers(scope, body=False)
         user_id = None if headers is None else self._user(scope, headers)
@@ -163,7 +191,14 @@ class FastPath:
             send,
             headers,
             GET_ROUTE,
-            lambda: read_booking(state, user_id, booking_id, headers.get("prefer")),
+            lambda: read_booking(
+                state.settings,
+                state.session_factory,
+                state.hub,
+                user_id,
+                booking_id,
+                headers.get("prefer"),
+            ),
         )
 
     def _user(self, scope: Scope, headers: dict[str, str]) -> int | None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -41,10 +42,11 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import AsyncRedisDep, EngineDep, SettingsDep
 from common.errors import NotFound, Unauthorized
 from common.metrics import SWEEPER_KEY, WORKER_HASH, parse_snapshot
 from common.metrics import Histogram as StoredHistogram
@@ -175,8 +177,8 @@ def _histogram_family(name: str, doc: str, stored: StoredHistogram) -> Histogram
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=stored.total)
 
 
-async def _redis_families(request: Request) -> list[Metric]:
-    pipe = request.app.state.aredis.pipeline(transaction=False)
+async def _redis_families(aredis: aioredis.Redis) -> list[Metric]:
+    pipe = aredis.pipeline(transaction=False)
     pipe.hgetall(WORKER_HASH)
     pipe.get(SWEEPER_KEY)
     pipe.llen(BOOKINGS_QUEUE)
@@ -218,8 +220,8 @@ async def _redis_families(request: Request) -> list[Metric]:
     ]
 
 
-def _postgres_families(request: Request) -> list[Metric]:
-    with request.app.state.engine.connect() as conn:
+def _postgres_families(engine: Engine) -> list[Metric]:
+    with engine.connect() as conn:
         count, age = conn.execute(
             text(
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
@@ -238,7 +240,7 @@ def _postgres_families(request: Request) -> list[Metric]:
     ]
 
 
-async def scrape_families(request: Request) -> list[Metric]:
+async def scrape_families(aredis: aioredis.Redis, engine: Engine) -> list[Metric]:
     families: list[Metric] = []
     up = GaugeMetricFamily(
         "ebs_metrics_source_up",
@@ -246,8 +248,8 @@ async def scrape_families(request: Request) -> list[Metric]:
         labels=["source"],
     )
     sources: list[tuple[str, Any]] = [
-        ("redis", _redis_families(request)),
-        ("postgres", run_in_threadpool(_postgres_families, request)),
+        ("redis", _redis_families(aredis)),
+        ("postgres", run_in_threadpool(_postgres_families, engine)),
     ]
     for name, pending in sources:
         try:
@@ -264,7 +266,10 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    check_access(request, request.app.state.settings)
-    body = generate_latest(REGISTRY) + generate_latest(_Families(await scrape_families(request)))
+async def metrics(
+    request: Request, settings: SettingsDep, aredis: AsyncRedisDep, engine: EngineDep
+) -> Response:
+    check_access(request, settings)
+    families = await scrape_families(aredis, engine)
+    body = generate_latest(REGISTRY) + generate_latest(_Families(families))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -101,7 +101,11 @@ class CpuMeter:
     # -------------------------------------------------------------- processes
 
     def _reading(self) -> dict[str, float]:
-        groups = {p.name: _descendants([p.proc.pid]) for p in self.stack.processes if p.alive()}
+        groups = {
+            p.name: _descendants([p.proc.pid])
+            for p in self.stack.processes
+            if p.proc is not None and p.running
+        }
         groups["client"] = [os.getpid()]
         reading = {
             name: sum(cpu_seconds(pid) or 0.0 for pid in pids) for name, pids in groups.items()

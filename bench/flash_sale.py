@@ -28,7 +28,6 @@ from bench.cpu import CpuMeter
 from bench.load import Outcome, Subscribers, _percentiles, run_clients
 from bench.stack import (
     BENCH_JWT_SECRET,
-    ROOT,
     Data,
     Stack,
     StackConfig,
@@ -36,6 +35,7 @@ from bench.stack import (
     connect,
     prepare_database,
 )
+from devstack import ROOT
 
 DESIGNS = {"queued": "POST /api/bookings (Prefer: wait)", "sync": "POST /api/bench/bookings-sync"}
 
@@ -212,7 +212,7 @@ async def run_design(
         accepted = list(created.values())
     else:
         created = {}
-        accepted = [o.decided for o in outcomes if o.decided is not None]  # type: ignore[misc]
+        accepted = [o.decided for o in outcomes if o.decided is not None]
     result = summarise(design, outcomes, started, state, accepted)
     if created:
         # Where a queued request's time goes: reaching the commit, then waiting for the worker.
@@ -320,7 +320,7 @@ def mint_tokens(users: list[int]) -> list[str]:
     from common.security import create_access_token
     from common.settings import Settings
 
-    settings = Settings(_env_file=None, JWT_SECRET=BENCH_JWT_SECRET)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, JWT_SECRET=BENCH_JWT_SECRET)
     return [create_access_token(user_id, "user", settings) for user_id in users]
 
 
@@ -413,11 +413,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     summary["ratios"] = report.ratios(summary)
     json_path = args.out / f"flash-sale-{stamp}.json"
     json_path.write_text(json.dumps(summary, indent=2))
-    summary["files"] = {"json": str(json_path)}
+    files = summary["files"] = {"json": str(json_path)}
     if not args.no_plot:
         png_path = args.out / f"flash-sale-{stamp}.png"
         report.plot(summary, png_path)
-        summary["files"]["png"] = str(png_path)
+        files["png"] = str(png_path)
     return summary
 
 

@@ -8,12 +8,13 @@ does for a confirmed booking, with nothing behind it: no framework, no token, no
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
 from bench.cpu import _descendants, cpu_seconds
 from bench.load import run_clients
-from bench.stack import BIN, Process, free_port
+from devstack import BIN, ManagedProcess, free_port
 
 BODY = b'{"success":true,"data":{"bookingId":"bk_floor","status":"confirmed","reason":null}}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
@@ -28,7 +29,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": BODY})
 
 
-def _cpu(process: Process) -> float:
+def _cpu(process: ManagedProcess) -> float:
+    assert process.proc is not None
     return sum(cpu_seconds(pid) or 0.0 for pid in _descendants([process.proc.pid]))
 
 
@@ -39,24 +41,10 @@ async def measure(
     import httpx
 
     port = free_port()
-    server = Process(
-        "floor",
-        [
-            str(BIN / "uvicorn"),
-            "bench.floor:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],  # fmt: skip
-        env,
-        log_dir,
-    )
+    server = ManagedProcess("floor", log_dir)
+    argv = [str(BIN / "uvicorn"), "bench.floor:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    server.spawn(argv, env)
 
     def up() -> bool:
         try:
@@ -65,7 +53,7 @@ async def measure(
             return False
 
     try:
-        server.wait_for(up, 60)
+        server.wait_for(up, 60, "the HTTP floor's uvicorn")
         time.sleep(0.5 * workers)
         url = f"http://127.0.0.1:{port}"
         progress = _Quiet()
@@ -79,7 +67,7 @@ async def measure(
         seconds = time.perf_counter() - started
         cpu = _cpu(server) - before
     finally:
-        server.stop()
+        server.stop(signal.SIGTERM)  # the group: every uvicorn worker
     answered = sum(1 for o in outcomes if o.final == "confirmed")
     return {
         "requests": requests,

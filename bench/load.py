@@ -160,7 +160,9 @@ class Subscribers:
             sub = Subscriber(index)
             try:
                 sub.ws = await self._session.ws_connect(
-                    self.url, params={"token": self.tokens[index % len(self.tokens)]}, timeout=5
+                    self.url,
+                    params={"token": self.tokens[index % len(self.tokens)]},
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 self.unavailable = f"endpoint answered {exc.status} to the WebSocket handshake"
@@ -240,9 +242,11 @@ class Subscribers:
                     "messages": len(sub.messages),
                     "finalSeats": latest.get("availableSeats") if latest else None,
                     "finalVersion": latest.get("version") if latest else None,
-                    "correct": bool(latest)
-                    and latest.get("availableSeats") == final_seats
-                    and latest.get("version") == final_version,
+                    "correct": bool(
+                        latest
+                        and latest.get("availableSeats") == final_seats
+                        and latest.get("version") == final_version
+                    ),
                     "error": sub.error,
                 }
             )

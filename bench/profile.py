@@ -19,7 +19,7 @@ from pathlib import Path
 # First match wins, tested from the innermost frame outwards.
 PARTS: list[tuple[str, re.Pattern[str]]] = [
     ("auth", re.compile(r"jwt/|common/tokens\.py|common/security\.py|token_user_id")),
-    ("waiter", re.compile(r"api/pubsub\.py|_await_decision|api/seats\.py \(on_message")),
+    ("waiter", re.compile(r"api/(pubsub|hub)\.py|api/realtime/|_await_decision|on_message")),
     ("redis", re.compile(r"redis/|kombu/|celery/|common/bookings/signals\.py")),
     (
         "database",

@@ -3,7 +3,7 @@
     python -m bench.pubsub_read [--messages 20000] [--redis-url redis://127.0.0.1:6379/9]
 
 ``listen()`` blocks in one read with no timeout; ``get_message(timeout=1)`` wraps each read in a
-timeout so the loop can look at its stopping flag (api/pubsub.py). Both drain the same N messages
+timeout so the loop can look at its stopping flag (api/hub.py). Both drain the same N messages
 published beforehand; the figure is the consumer's CPU time per message, twice each, interleaved.
 """
 

@@ -2,6 +2,7 @@
 uvicorn and Celery worker processes, users and events written straight into PostgreSQL.
 
 Nothing here touches the development database or another Redis db than the one it is given.
+Starting processes and rebuilding the database is devstack's, shared with the tests.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,11 +19,17 @@ from typing import Any
 
 import psycopg2
 import redis
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from devstack import (
+    BIN,
+    ApiProcess,
+    ManagedProcess,
+    WorkerProcess,
+    recreate_database,
+    upgrade_database,
+)
+
 # Redis dbs and databases that belong to someone else on a shared machine.
 FORBIDDEN_DATABASES = {"event_booking", "postgres", "template0", "template1"}
 BENCH_JWT_SECRET = "bench-secret-not-for-production-0123456789abcdef"
@@ -79,21 +85,9 @@ def check_targets(database_url: str, redis_url: str, reuse: bool) -> None:
 
 
 def prepare_database(database_url: str, reuse: bool) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    url = make_url(database_url)
     if not reuse:
-        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{url.database}"'))
-        admin.dispose()
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["url"] = database_url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+        recreate_database(database_url)
+    upgrade_database(database_url)
 
 
 def connect(database_url: str) -> Any:
@@ -178,130 +172,42 @@ class Data:
         return {r[0]: float(r[1]) for r in rows}
 
 
-class Process:
-    """A child in its own process group, logging to a file; stopped by its own pid only."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        self._logfile = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=self._logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_for(self, check: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
-            if check():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not come up in {timeout}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._logfile.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Stack:
     """uvicorn (``api_workers`` processes) and, unless told otherwise, one Celery worker."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.port = free_port()
-        self.processes: list[Process] = []
+        # No access log: both designs pay the same, and neither pays for a line per request.
+        self.api = ApiProcess(
+            "api", config.log_dir, config.env(), workers=config.api_workers, access_log=False
+        )
+        self.processes: list[ManagedProcess] = []
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.api.url
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return self.api.ws_url
 
     def start(self) -> Stack:
-        import httpx
-
-        env = self.config.env()
+        env = self.api.env
+        worker = None
         if self.config.start_worker:
-            nice = ["nice", "-n", str(self.config.worker_nice)] if self.config.worker_nice else []
-            worker = Process(
+            worker = WorkerProcess(
                 "worker",
-                [
-                    *nice,
-                    str(BIN / "celery"),
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "-Q",
-                    "bookings,maintenance",
-                    "--concurrency",
-                    str(self.config.worker_concurrency),
-                    "--hostname",
-                    f"bench-{os.getpid()}@%h",
-                    "--loglevel",
-                    "INFO",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],  # fmt: skip
-                env,
                 self.config.log_dir,
-            )
+                env,
+                concurrency=self.config.worker_concurrency,
+                hostname=f"bench-{os.getpid()}@%h",
+                nice=self.config.worker_nice,
+            ).launch()
             self.processes.append(worker)
-        # No access log: both designs pay the same, and neither pays for a line per request.
-        api = Process(
-            "api",
-            [
-                str(BIN / "uvicorn"),
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.config.api_workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],  # fmt: skip
-            env,
-            self.config.log_dir,
-        )
-        self.processes.append(api)
-
-        def api_up() -> bool:
-            try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        api.wait_for(api_up, 60)
-        if self.config.start_worker:
-            self.processes[0].wait_for(lambda: b"ready." in self.processes[0].log.read_bytes(), 60)
+        self.processes.append(self.api)
+        self.api.start()
+        if worker is not None:
+            worker.wait_ready()
         # Every uvicorn worker must have its lifespan (and its Redis subscription) up.
         time.sleep(0.5 * self.config.api_workers)
         return self
@@ -312,6 +218,8 @@ class Stack:
         out.mkdir(parents=True, exist_ok=True)
         spies = []
         for process in self.processes:
+            if process.proc is None:
+                continue
             argv = [str(BIN / "py-spy"), "record", "--pid", str(process.proc.pid),
                     "--subprocesses", "--gil", "--rate", str(rate), "--format", "raw",
                     "--output", str(out / f"{process.name}.txt")]  # fmt: skip
@@ -322,4 +230,4 @@ class Stack:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            process.stop()
+            process.stop(signal.SIGTERM)  # the group: every uvicorn worker, every Celery child

@@ -100,13 +100,15 @@ def create_admin(
 
     from common.db import session_scope
     from common.errors import DomainError
+    from common.security import hash_password
     from common.users.schemas import UserCreate
     from common.users.service import register
 
     try:
         data = UserCreate.model_validate({"email": email, "name": name, "password": password})
+        password_hash = hash_password(data.password, get_settings().BCRYPT_ROUNDS)
         with session_scope(_session_factory()) as session:
-            user = register(session, data, bcrypt_rounds=get_settings().BCRYPT_ROUNDS, role="admin")
+            user = register(session, data, password_hash=password_hash, role="admin")
             typer.echo(f"admin {user.email} created with id {user.id}")
     except (ValidationError, DomainError) as exc:
         typer.echo(f"error: {exc}", err=True)

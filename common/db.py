@@ -11,8 +11,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, func
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, func
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    SessionTransaction,
+    mapped_column,
+    sessionmaker,
+)
 
 from common.settings import Settings
 
@@ -45,40 +52,71 @@ def build_engine(settings: Settings, **overrides: object) -> Engine:
         "pool_recycle": 1800,
     }
     options.update(overrides)
-    return create_engine(settings.sqlalchemy_url, **options)  # type: ignore[arg-type]
+    return create_engine(settings.sqlalchemy_url, **options)
 
 
 def build_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+_CALLBACKS = "on_commit"  # session.info key: [(transaction it was registered in, callback)]
+
+
 def on_commit(session: Session, callback: Callable[[], object]) -> None:
-    """Run ``callback`` once the session's transaction has committed, never before.
+    """Run ``callback`` once the session's outermost transaction has committed, never before;
+    drop it if that transaction (or the savepoint it was registered in) rolls back or is closed
+    without a commit.
 
     Tasks and pub/sub messages go out this way, so nobody hears of a row that was rolled back.
+    Any ``session.commit()`` runs them (the session events below), not only ``session_scope``.
+    A callback must not use the session: after_commit allows no SQL.
     """
-    session.info.setdefault("on_commit", []).append(callback)
+    innermost = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_CALLBACKS, []).append((innermost, callback))
 
 
-def commit(session: Session) -> None:
-    session.commit()
-    callbacks = session.info.pop("on_commit", [])
-    for callback in callbacks:
+def _inside(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_commit")
+def _run_callbacks(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the outer one may still roll back
+        return
+    for _, callback in session.info.pop(_CALLBACKS, []):
         try:
             callback()
         except Exception:  # the data is committed; a lost signal is what the sweeper is for
             logger.exception("after-commit callback failed")
 
 
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    pending = session.info.get(_CALLBACKS)
+    if pending:
+        pending[:] = [(t, c) for t, c in pending if not _inside(t, previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    # Closed without a commit (session.close() does not roll back through the events above);
+    # after a commit the list is already empty.
+    if transaction.parent is None:
+        session.info.pop(_CALLBACKS, None)
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success (then run on_commit callbacks), roll back on error."""
+    """One unit of work: commit on success (which runs on_commit callbacks), roll back on error."""
     session = factory()
     try:
         yield session
-        commit(session)
+        session.commit()
     except BaseException:
-        session.info.pop("on_commit", None)
         session.rollback()
         raise
     finally:

@@ -24,6 +24,7 @@ DomainError (500 INTERNAL_ERROR)
 ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
 ├── TooManyRequests (429 TOO_MANY_REQUESTS)
 │   ├── TooManyLoginAttempts (429 TOO_MANY_LOGIN_ATTEMPTS)
+│   ├── TooManySignUps (429 TOO_MANY_SIGNUPS)
 │   └── TooManyPending (429 TOO_MANY_PENDING)
 └── ServiceUnavailable (503 SERVICE_UNAVAILABLE)
 """
@@ -165,6 +166,11 @@ class TooManyRequests(DomainError):
 class TooManyLoginAttempts(TooManyRequests):
     code = "TOO_MANY_LOGIN_ATTEMPTS"
     default_message = "Too many login attempts; try again later"
+
+
+class TooManySignUps(TooManyRequests):
+    code = "TOO_MANY_SIGNUPS"
+    default_message = "Too many sign-ups from this address; try again later"
 
 
 class TooManyPending(TooManyRequests):

@@ -3,13 +3,15 @@
 Every line carries ``ts``, ``level``, ``logger``, ``message`` and ``service``; a process adds
 its own context (the API its request id, the worker its name and the current task), and any
 ``extra={...}`` given to a log call (``booking_id``, ``event_id``, ...) becomes a field too.
-The level is ``LOG_LEVEL`` (see docs/OPERATIONS.md for the worker's ``--loglevel``).
+The level is ``LOG_LEVEL`` (see docs/OPERATIONS.md for the worker's ``--loglevel``). A token in
+a URL's query string (``?token=``) is written as ``token=[redacted]``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -20,6 +22,15 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "ta
 _STANDARD |= {"color_message"}  # uvicorn's ANSI-coloured copy of the message
 
 ContextProvider = Callable[[], object]
+
+# Credentials that can ride in a URL (`/ws?token=JWT`): uvicorn logs the path with its query
+# string, so every line's message is cleaned of them before it is written.
+SECRET_PARAMS = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']*", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(message: str) -> str:
+    return SECRET_PARAMS.sub(lambda m: m.group(1) + REDACTED, message)
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "service": self.service,
         }
         for key, value in record.__dict__.items():

@@ -6,6 +6,7 @@ bcrypt is slow on purpose: call these from a worker thread, never on the event l
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import bcrypt
@@ -15,18 +16,25 @@ from common.errors import InvalidToken
 from common.settings import Settings
 
 ALGORITHM = "HS256"
-# Any well-formed hash compares in the same time as a real one, so an unknown email
-# costs as much as a wrong password and does not reveal which accounts exist.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds=4))
+
+
+@lru_cache
+def dummy_hash(rounds: int) -> bytes:
+    """bcrypt's time is set by the cost in the hash: a dummy of the configured cost makes an
+    unknown email cost as much as a wrong password, so timing does not reveal which exist.
+    Built once per cost; the API builds it at start, so no login pays for building it."""
+    return bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds=rounds))
 
 
 def hash_password(password: str, rounds: int) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
 
 
-def verify_password(password: str, password_hash: str | None) -> bool:
+def verify_password(password: str, password_hash: str | None, *, rounds: int) -> bool:
+    """Check ``password``; with no hash (unknown account) check a dummy of cost ``rounds``,
+    the configured ``BCRYPT_ROUNDS``, and answer False."""
     if password_hash is None:
-        bcrypt.checkpw(password.encode(), _DUMMY_HASH)
+        bcrypt.checkpw(password.encode(), dummy_hash(rounds))
         return False
     return bcrypt.checkpw(password.encode(), password_hash.encode())
 

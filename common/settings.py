@@ -27,12 +27,29 @@ class Settings(BaseSettings):
         "http://localhost:8000",
         "http://127.0.0.1:8000",
     ]
+    ALLOWED_HOSTS: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
     PORT: int = 8000
+    # Read by uvicorn itself from the environment (scripts/run.sh exports it from here).
+    FORWARDED_ALLOW_IPS: str = Field(
+        default="", description="proxies whose X-Forwarded-For is trusted; none by default"
+    )
     LOG_LEVEL: str = "INFO"
     BCRYPT_ROUNDS: int = Field(default=PRODUCTION_BCRYPT_ROUNDS, ge=4, le=16)
+    BCRYPT_CONCURRENCY: int = Field(
+        default=4, ge=1, description="password hashes/checks at once per API process"
+    )
 
     DB_POOL_SIZE: int = 20
     DB_MAX_OVERFLOW: int = 10
+    # Bounds on every wait of the API on PostgreSQL (the worker is bounded by its task limits).
+    DB_CONNECT_TIMEOUT: int = Field(default=5, ge=1, description="seconds to open a connection")
+    DB_POOL_TIMEOUT: float = Field(default=5.0, gt=0, description="seconds to wait for the pool")
+    DB_STATEMENT_TIMEOUT: float = Field(
+        default=30.0, ge=0, description="seconds one statement may run; 0 means no limit"
+    )
+    DB_LOCK_TIMEOUT: float = Field(
+        default=5.0, ge=0, description="seconds one statement may wait for a lock; 0: no limit"
+    )
 
     # Booking pipeline.
     BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
@@ -50,8 +67,11 @@ class Settings(BaseSettings):
     LOGIN_ATTEMPTS_PER_ACCOUNT: int = Field(default=5, ge=1, description="per email per window")
     LOGIN_ATTEMPTS_PER_ADDRESS: int = Field(default=20, ge=1, description="per client IP")
     LOGIN_WINDOW: int = Field(default=60, ge=1, description="seconds")
+    SIGNUP_ATTEMPTS_PER_ADDRESS: int = Field(default=10, ge=1, description="per client IP")
+    SIGNUP_WINDOW: int = Field(default=60, ge=1, description="seconds")
 
     # Operations.
+    FLOWER_PORT: int = Field(default=5555, ge=1, le=65535)
     FLOWER_USER: str | None = None
     FLOWER_PASSWORD: SecretStr | None = None
     METRICS_TOKEN: SecretStr | None = None
@@ -86,9 +106,9 @@ class Settings(BaseSettings):
     API_WORKERS: int = Field(default=0, ge=0, description="uvicorn worker processes")
     WORKER_CONCURRENCY: int = Field(default=0, ge=0, description="Celery worker processes")
 
-    @field_validator("CORS_ORIGINS", mode="before")
+    @field_validator("CORS_ORIGINS", "ALLOWED_HOSTS", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value

@@ -8,14 +8,8 @@ run can never touch the development data.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_test"
@@ -30,23 +24,25 @@ TEST_ENV = {
     "SWEEP_INTERVAL": "1",
     "SWEEP_PENDING_AFTER": "3",
     "LOG_LEVEL": "WARNING",
+    "ALLOWED_HOSTS": "testserver,127.0.0.1,localhost",  # TestClient's Host, and real servers'
+    "FORWARDED_ALLOW_IPS": "",  # uvicorn's own default trusts loopback; run.sh sets it like this
 }
 os.environ.update(TEST_ENV)
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
-from alembic import command  # noqa: E402
-from alembic.config import Config  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+import devstack  # noqa: E402
 from common.events.models import Event  # noqa: E402
 from common.security import create_access_token, hash_password  # noqa: E402
 from common.settings import Settings, get_settings  # noqa: E402
 from common.users.models import User  # noqa: E402
+from devstack import ROOT, recreate_database, upgrade_database  # noqa: E402
 
 # Property tests (the booking state machine, schemathesis) draw the same examples on every run
 # by default, so CI passes or fails on the code, not on the draw. HYPOTHESIS_PROFILE=hunt draws
@@ -55,31 +51,12 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("hunt", derandomize=False, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-ROOT = Path(__file__).resolve().parent.parent
 # Child processes' logs and beat's schedule, one directory per test database, so two runs on
 # different databases (TEST_DATABASE_URL) never write over each other's files.
 RUN_DIR = ROOT / ".run" / f"test-{make_url(TEST_DATABASE_URL).database}"
-BIN = Path(sys.executable).parent
 # In the order the worker's procedure locks them (event row, bookings, logs), so a worker still
 # finishing a stale task and the truncate between tests wait for each other instead of deadlocking.
 TABLES = "events, bookings, booking_logs, users"
-
-
-def alembic_config(url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["url"] = url
-    config.attributes["configure_logger"] = False
-    return config
-
-
-def recreate_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +68,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def engine(settings: Settings) -> Iterator[Engine]:
     recreate_database(settings.sqlalchemy_url)
-    command.upgrade(alembic_config(settings.sqlalchemy_url), "head")
+    upgrade_database(settings.sqlalchemy_url)
     engine = create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
     yield engine
     engine.dispose()
@@ -211,12 +188,8 @@ def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
 
 
 # ---------------------------------------------------------------- real processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The scaffolding is devstack's (shared with the benchmark); these bind it to the test settings
+# and RUN_DIR.
 
 
 def process_env(**extra: str) -> dict[str, str]:
@@ -226,129 +199,34 @@ def process_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class ManagedProcess:
+class ManagedProcess(devstack.ManagedProcess):
     """A real child process (its own process group) logging to ``RUN_DIR/<name>.log``."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = RUN_DIR / f"{name}.log"
-        self._logfile: Any = None
-
-    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._logfile = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=self._logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int | None = None) -> None:
-        """Terminate gracefully, or send ``sig`` (e.g. 9) to the whole process group."""
-        if self.proc is None:
-            return
-        try:
-            if sig is not None:
-                os.killpg(self.proc.pid, sig)
-            else:
-                self.proc.terminate()
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
-        self.proc = None
-        self._logfile.close()
+        super().__init__(name, RUN_DIR)
 
 
-class WorkerProcess(ManagedProcess):
+class WorkerProcess(devstack.WorkerProcess):
     """A real ``celery worker`` on the test database and Redis db."""
 
     def __init__(
         self, name: str, concurrency: int = 2, queues: str = "bookings,maintenance", **env: str
     ) -> None:
-        super().__init__(name)
-        self.concurrency = concurrency
-        self.queues = queues
-        self.env = env
-
-    def start(self) -> WorkerProcess:
-        argv = [str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", self.queues,
-                "--concurrency", str(self.concurrency), "--hostname", f"{self.name}@%h",
-                "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
-        self.spawn(argv, process_env(**self.env))
-        wait_until(lambda: b"ready." in self.log.read_bytes(), 60, f"worker {self.name}")
-        return self
+        super().__init__(name, RUN_DIR, process_env(**env), concurrency=concurrency, queues=queues)
 
 
-class BeatProcess(ManagedProcess):
+class BeatProcess(devstack.BeatProcess):
     """A real ``celery beat`` (the sweeper's schedule)."""
 
     def __init__(self, name: str, **env: str) -> None:
-        super().__init__(name)
-        self.env = env
-
-    def start(self) -> BeatProcess:
-        schedule = RUN_DIR / f"{self.name}-schedule"
-        argv = [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", str(schedule),
-                "--loglevel", "INFO"]  # fmt: skip
-        self.spawn(argv, process_env(**self.env))
-        wait_until(lambda: b"beat: Starting" in self.log.read_bytes(), 60, "beat")
-        return self
+        super().__init__(name, RUN_DIR, process_env(**env))
 
 
-class ApiProcess(ManagedProcess):
+class ApiProcess(devstack.ApiProcess):
     """A real ``uvicorn`` serving the app on a free port."""
 
     def __init__(self, name: str = "api", **env: str) -> None:
-        super().__init__(name)
-        self.port = free_port()
-        self.env = env
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def start(self) -> ApiProcess:
-        import httpx
-
-        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
-        self.spawn(argv, process_env(**self.env))
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, f"api {self.name}")
-        return self
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until ``check()`` is truthy. The bound only keeps a broken run from hanging; it is
-    generous on purpose and no test asserts on how long anything took."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+        super().__init__(name, RUN_DIR, process_env(**env))
 
 
 @pytest.fixture(scope="session")

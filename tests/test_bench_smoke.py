@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, TEST_DATABASE_URL, TEST_REDIS_URL
+from devstack import ROOT
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 
 pytestmark = pytest.mark.slow
 

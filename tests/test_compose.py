@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from common.settings import Settings
-from tests.conftest import ROOT
+from devstack import ROOT
 
 OURS = {"migrate", "api", "worker", "beat", "flower"}
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET", "METRICS_TOKEN", "FLOWER_PASSWORD"}
@@ -150,7 +150,7 @@ def test_environment_is_made_of_real_settings_and_valid_in_production(name, monk
     assert not unknown, f"{name}: not settings: {unknown}"
     given = dict.fromkeys(SECRETS, "x" * 40) | {"FLOWER_USER": "ops"}
     env = {key: interpolate(str(value), given) for key, value in environment.items()}
-    settings = Settings(_env_file=None, **env)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]  # keys: checked above
     assert settings.APP_ENV == "production"
 
 
@@ -237,3 +237,47 @@ def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists():
     assert "api.main:app" in cmd and '"8000"' in cmd
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git"} <= set(ignored)
+
+
+def locked(name: str) -> dict[str, str]:
+    """Package -> pinned version of ``requirements/<name>.txt``, names normalised (PEP 503)."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", (ROOT / name).read_text(), re.M)
+    return {re.sub(r"[-_.]+", "-", package).lower(): version for package, version in pins}
+
+
+def declared(*extras: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in extras:
+        specs += project["optional-dependencies"][extra]
+    names = {re.split(r"[^A-Za-z0-9_.-]", spec, maxsplit=1)[0] for spec in specs}
+    return {re.sub(r"[-_.]+", "-", name).lower() for name in names}
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"),
+    [
+        ("requirements/base.txt", ()),
+        ("requirements/dev.txt", ("dev",)),
+        ("requirements/bench.txt", ("dev", "bench")),
+    ],
+)
+def test_the_lock_pins_every_declared_dependency_with_hashes(lock, extras):
+    """`make lock` was run after pyproject.toml last changed (docs/SETUP.md, "Dependencies")."""
+    pins = locked(lock)
+    assert declared(*extras) <= set(pins), declared(*extras) - set(pins)
+    for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", (ROOT / lock).read_text()):
+        if re.match(r"[A-Za-z0-9_.-]+==", block):
+            assert "--hash=sha256:" in block, block.splitlines()[0]
+
+
+def test_the_image_installs_the_lock_and_resolves_nothing():
+    run = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.lstrip().startswith("RUN ") or "pip install" in line
+    ]
+    installs = [line for line in run if "pip install" in line]
+    assert any("--require-hashes -r requirements/base.txt" in line for line in installs), installs
+    for line in installs:
+        assert "-r requirements/" in line or "--no-deps" in line, line

@@ -6,25 +6,29 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import inspect, text
 
 from api import errors as api_errors
 from common.errors import DomainError
 from common.settings import Settings
-from tests.conftest import ROOT
+from devstack import ROOT
 
 DOCS = ROOT / "docs"
 # Error codes written literally where a response or socket message is built.
 LITERAL_CODE = re.compile(r"\b(?:error_body|_error)\(\s*\"([A-Z][A-Z0-9_]+)\"")
 
 
+T = TypeVar("T")
+
+
 def documented(name: str) -> str:
     return (DOCS / name).read_text()
 
 
-def all_subclasses(cls: type) -> set[type]:
-    found = set()
+def all_subclasses(cls: type[T]) -> set[type[T]]:
+    found: set[type[T]] = set()
     for sub in cls.__subclasses__():
         found |= {sub, *all_subclasses(sub)}
     return found

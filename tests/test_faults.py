@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -36,19 +33,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import Engine, text
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import (
-    TEST_DATABASE_URL,
-    ApiProcess,
-    BeatProcess,
-    WorkerProcess,
-    free_port,
-    wait_until,
-)
+from devstack import RedisServer, wait_until
+from tests.conftest import TEST_DATABASE_URL, ApiProcess, BeatProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -58,45 +48,6 @@ CAPACITY = 60
 
 
 # ---------------------------------------------------------------- the stack
-
-
-class RedisServer:
-    """A private redis-server that keeps nothing on disk, so a restart loses everything."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="ebs-faults-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--logfile", ""]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
-                    return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(up, 30, "private redis")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -109,7 +60,7 @@ class Stack:
 
     def restart_worker(self) -> None:
         name = f"{self.worker.name}-restarted"
-        self.worker = WorkerProcess(name, **self.env, PGAPPNAME=APP_NAME).start()
+        self.worker = WorkerProcess(name, **self.env, PGAPPNAME=APP_NAME).start()  # type: ignore[arg-type]
 
     def restart_api(self) -> None:
         port = self.api.port
@@ -130,7 +81,8 @@ def stack(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Stack]:
     built: Stack | None = None
     try:
         procs += [
-            WorkerProcess(f"faults-{tag}-worker", **env, PGAPPNAME=APP_NAME),
+            # mypy cannot tell that env holds no "concurrency"/"queues" key
+            WorkerProcess(f"faults-{tag}-worker", **env, PGAPPNAME=APP_NAME),  # type: ignore[arg-type]
             BeatProcess(f"faults-{tag}-beat", **env),
             ApiProcess(f"faults-{tag}-api", **env, PGAPPNAME="ebs-faults-api"),
         ]
@@ -247,17 +199,15 @@ def flash_sale(stack, make_user, make_event, token_for) -> Iterator[Callable[...
         event = make_event(capacity=CAPACITY, max_per_user=10)
         tokens = [token_for(make_user()) for _ in range(users)]
         sale = Sale(lambda: stack.api.url, event.id, tokens, **options)
-        sale.watcher = SeatWatcher(lambda: stack.api.ws_url, event.id, tokens[0]).start()
-        watchers.append(sale.watcher)
-        wait_until(lambda: sale.watcher.connections, 60, "the live page to connect")
+        watcher = sale.watcher = SeatWatcher(lambda: stack.api.ws_url, event.id, tokens[0]).start()
+        watchers.append(watcher)
+        wait_until(lambda: watcher.connections, 60, "the live page to connect")
         return sale
 
     watchers: list[SeatWatcher] = []
     yield make
     for watcher in watchers:
         watcher.stop()
-
-    return make
 
 
 # ---------------------------------------------------------------- a live page watching the sale

@@ -1,5 +1,6 @@
 """The live page in a real browser: Debian's Chromium driven by Playwright, against real uvicorn
-and a real worker. ``make test`` installs Chromium when it is missing (Makefile ``chromium``)."""
+and a real worker. ``make test`` run as root installs Chromium when it is missing (Makefile
+``chromium``); otherwise install it yourself (README, "Tests")."""
 
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ WAIT_MS = 30_000  # a hang guard for each expectation, not a measurement
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    assert CHROMIUM.exists(), "run `make test`: it installs Debian's chromium"
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: this test drives Debian's Chromium. Install it with "
+            "`sudo apt-get install chromium` (`make test` does so when run as root); "
+            "Playwright's own browser download is not used.",
+            pytrace=False,
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

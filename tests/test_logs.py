@@ -9,7 +9,8 @@ import logging
 import httpx
 
 from common.logs import configure_logging
-from tests.conftest import ApiProcess, wait_until
+from devstack import wait_until
+from tests.conftest import ApiProcess
 
 
 def test_lines_are_json_with_context_and_extras():

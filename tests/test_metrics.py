@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from api.metrics import track_websocket
 from common.metrics import LATENCY_BUCKETS, SWEEPER_KEY
 from common.settings import Settings
-from tests.conftest import RUN_DIR, wait_until
+from devstack import wait_until
+from tests.conftest import RUN_DIR
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -1,15 +1,18 @@
 """What operators rely on: Flower behind basic auth, `make run` refusing an open Flower in
-production, and task arguments that are ids and counts only (Flower shows them)."""
+production or a busy port, and task arguments that are ids and counts only (Flower shows them)."""
 
 from __future__ import annotations
 
 import inspect
 import os
+import socket
 import subprocess
 
 import httpx
+import pytest
 
-from tests.conftest import BIN, ROOT, ManagedProcess, free_port, process_env, wait_until
+from devstack import BIN, ROOT, free_port, wait_until
+from tests.conftest import ManagedProcess, process_env
 
 
 def test_flower_answers_only_with_basic_auth(engine):
@@ -30,6 +33,11 @@ def test_flower_answers_only_with_basic_auth(engine):
         assert httpx.get(f"{url}/", timeout=5).status_code == 401
         assert httpx.get(f"{url}/", auth=("ops", "wrong"), timeout=5).status_code == 401
         assert httpx.get(f"{url}/", auth=("ops", "s3cret"), timeout=5).status_code == 200
+        # Flower 2.2 served /metrics to anyone; flowerconfig.py puts it behind the same auth.
+        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 401
+        assert httpx.get(f"{url}/metrics", auth=("ops", "wrong"), timeout=5).status_code == 401
+        metrics = httpx.get(f"{url}/metrics", auth=("ops", "s3cret"), timeout=5)
+        assert metrics.status_code == 200 and "flower_" in metrics.text
     finally:
         flower.stop()
 
@@ -37,8 +45,20 @@ def test_flower_answers_only_with_basic_auth(engine):
 def test_make_run_serves_flower_on_loopback_with_basic_auth():
     script = (ROOT / "scripts" / "run.sh").read_text()
     flower = next(line for line in script.splitlines() if " flower " in line)
-    assert "--address=127.0.0.1" in flower and "--port=5555" in flower
+    assert "--address=127.0.0.1" in flower and '--port="$FLOWER_PORT"' in flower
     assert '--basic-auth="$FLOWER_AUTH"' in script
+
+
+def run_sh(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`make run`'s last step, expected to refuse: a hang guard, not a measurement."""
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_run_refuses_to_start_in_production_without_flower_credentials(tmp_path):
@@ -50,17 +70,27 @@ def test_run_refuses_to_start_in_production_without_flower_credentials(tmp_path)
         "FLOWER_USER": "",
         "FLOWER_PASSWORD": "",
     }
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run.sh")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_sh(env)
     assert result.returncode == 1
     assert "FLOWER_USER and FLOWER_PASSWORD must be set" in result.stderr
     assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("setting", "what"), [("PORT", "the API"), ("FLOWER_PORT", "Flower")])
+def test_run_says_in_one_line_that_a_port_is_taken_and_starts_nothing(setting, what):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = process_env(PORT=str(free_port()), FLOWER_PORT=str(free_port())) | {
+            setting: str(port)
+        }
+        result = run_sh(env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: port {port} ({setting}, {what}) is already in use; free it or set {setting}"
+    ]
+    assert "stopping" not in result.stdout  # nothing was started, so nothing to stop
 
 
 def test_tasks_take_ids_not_personal_data():

@@ -11,7 +11,8 @@ from celery import Celery
 from sqlalchemy import text
 
 from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT
-from tests.conftest import BeatProcess, wait_until
+from devstack import wait_until
+from tests.conftest import BeatProcess
 
 
 def decided_counts(db, event_id: int) -> Counter[str]:

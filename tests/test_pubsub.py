@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from api.pubsub import Hub, within
+from api.hub import Hub, within
 from common.channels import event_channel
 from common.pubsub import publish
 from common.redis_client import build_async_redis
@@ -29,7 +29,8 @@ async def stubborn(release: asyncio.Event, cancels: list[int]) -> None:
 
 def test_within_gives_up_on_code_that_swallows_its_cancellation():
     async def scenario() -> None:
-        release, cancels = asyncio.Event(), []
+        release = asyncio.Event()
+        cancels: list[int] = []
         task = asyncio.ensure_future(stubborn(release, cancels))
         try:
             async with asyncio.timeout(HANG_GUARD):
@@ -49,7 +50,8 @@ def test_hub_stops_when_its_task_ignores_the_cancellation(settings, redis_client
     async def scenario() -> None:
         aredis = build_async_redis(settings)
         hub = Hub(aredis)
-        release, cancels, seen = asyncio.Event(), [], asyncio.Event()
+        release, seen = asyncio.Event(), asyncio.Event()
+        cancels: list[int] = []
 
         async def listener(kind: str, ident: int, message: dict[str, Any]) -> None:
             seen.set()

@@ -78,9 +78,11 @@ def test_each_instance_relays_every_seat_change_made_through_the_other(
         final = seats_in_db(engine, event.id)
         assert final["availableSeats"] == 200 - 5 * 4
         for client in (on_a, on_b):
-            await client.wait_for(
-                lambda _, c=client: final["version"] in c.seat_versions(event.id), "last change"
-            )
+
+            def has_last(_: object, c: LiveClient = client) -> bool:
+                return final["version"] in c.seat_versions(event.id)
+
+            await client.wait_for(has_last, "last change")
             assert_every_change_in_order(client, event.id, final["version"])
             last = client.of_type(*SEAT_TYPES)[-1]
             assert last["availableSeats"] == final["availableSeats"]
@@ -430,9 +432,11 @@ def test_one_client_that_never_reads_does_not_delay_a_hundred_that_do(
         final = seats_in_db(engine, event.id)
         assert final["availableSeats"] == 1000 - 55
         for reader in readers:
-            await reader.wait_for(
-                lambda _, r=reader: final["version"] in r.seat_versions(event.id), "last change"
-            )
+
+            def has_last(_: object, r: LiveClient = reader) -> bool:
+                return final["version"] in r.seat_versions(event.id)
+
+            await reader.wait_for(has_last, "last change")
             assert_every_change_in_order(reader, event.id, final["version"])
         stats = await monitor.request("get_stats", "stats")
         # All that while the stuck client was connected with its queue full of unsent messages.

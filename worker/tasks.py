@@ -10,12 +10,11 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from common.bookings import service
-from common.bookings.events import publish_decisions
+from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
 from common.bookings.signals import clear_signal
-from common.channels import metric_key
 from common.db import session_scope
-from common.metrics import record_decided_batch
+from common.metrics import SWEEPER_KEY, record_decided_batch
 from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT, SWEEP
 from worker.app import Resources, app, resources
 
@@ -96,6 +95,6 @@ def sweep() -> dict[str, int]:
     for event_id in event_ids:
         process_event.apply_async(args=[event_id], queue=BOOKINGS_QUEUE)
     if event_ids:
-        res.redis.incrby(metric_key("sweeper_resignalled"), len(event_ids))
+        res.redis.incrby(SWEEPER_KEY, len(event_ids))
         logger.warning("sweeper re-signalled %d event(s): %s", len(event_ids), event_ids)
     return {"resignalled": len(event_ids)}

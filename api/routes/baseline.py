@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import TokenUserId
+from api.deps import SessionFactoryDep, TokenUserId
 from api.envelope import Envelope, error_responses, ok
 from common.bookings import procedures
 from common.bookings.schemas import BookingCreate, BookingRead
@@ -49,31 +50,34 @@ REJECTIONS: dict[str, type[DomainError]] = {
 }
 
 
-def book_synchronously(state: object, user_id: int, body: BookingCreate) -> BookingRead:
+def book_synchronously(
+    factory: sessionmaker[Session], user_id: int, body: BookingCreate
+) -> BookingRead:
     """Check without a lock, then book under the event row lock; commit before returning."""
-    factory = state.session_factory  # type: ignore[attr-defined]
     booking_id = new_booking_id()
     with session_scope(factory) as session:
-        # The token's user and the event in one round trip, as the queued intake does.
+        # The token's user and the event in one round trip, as the queued intake does, and the
+        # verdict the booking rules (booking_verdict, in SQL) give without the lock.
         user_exists = select(User.id).where(User.id == user_id).exists()
+        rules = func.booking_verdict(
+            literal_column("events"), body.quantity, Event.available_seats, 0
+        )
         row = session.execute(
-            select(
-                Event.available_seats, Event.event_date, Event.max_seats_per_user, user_exists
-            ).where(Event.id == body.event_id)
+            select(rules, Event.max_seats_per_user, user_exists).where(Event.id == body.event_id)
         ).one_or_none()
         if row is None:
             users_service.get_active(session, user_id)  # a deleted user is told so first
             raise EventNotFound()
-        available, event_date, max_per_user, known_user = row
+        verdict, max_per_user, known_user = row
         if not known_user:
             raise InvalidToken()
-        if event_date <= datetime.now(UTC):
+        if verdict == "event_past":
             raise EventPast()
         if body.quantity > max_per_user:
             raise ValidationFailed(
                 details=[{"field": "quantity", "message": f"at most {max_per_user} seats per user"}]
             )
-        if available < body.quantity:
+        if verdict == "sold_out":
             # Most of a flash sale ends here, without touching the lock.
             raise SoldOut()
         outcome = procedures.create_booking(
@@ -104,16 +108,16 @@ def book_synchronously(state: object, user_id: int, body: BookingCreate) -> Book
     responses=error_responses(400, 401, 404, 409),
 )
 async def create_booking_sync(
-    body: BookingCreate, request: Request, user_id: TokenUserId
+    body: BookingCreate, user_id: TokenUserId, factory: SessionFactoryDep
 ) -> JSONResponse:
     """Book synchronously (benchmark baseline only): 201 confirmed or 409 with the reason."""
-    return await book(request.app.state, user_id, body)
+    return await book(factory, user_id, body)
 
 
-async def book(state: object, user_id: int, body: BookingCreate) -> JSONResponse:
+async def book(factory: sessionmaker[Session], user_id: int, body: BookingCreate) -> JSONResponse:
     """The route once parsed: the route above and the lean path (api.fastpath), so the baseline
     runs on the same HTTP layer as the queued intake."""
-    booking = await run_in_threadpool(book_synchronously, state, user_id, body)
+    booking = await run_in_threadpool(book_synchronously, factory, user_id, body)
     return JSONResponse(
         ok(booking.model_dump(mode="json", by_alias=True)), status_code=status.HTTP_201_CREATED
     )

@@ -12,24 +12,38 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, SessionDep, TokenUserId
+from api.deps import (
+    CurrentUser,
+    HubDep,
+    IntakeDep,
+    SeatsDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    SignalDep,
+    TokenUserId,
+)
 from api.envelope import Envelope, error_responses, ok
+from api.hub import Hub
 from api.metrics import record_accepted
+from api.seats import SeatSnapshots
 from common.bookings import service
-from common.bookings.intake import IntakeRequest
+from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
+from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
 from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
+from common.settings import Settings
 from common.users import service as users_service
 
 router = APIRouter(prefix="/api/bookings", tags=["bookings"])
@@ -58,16 +72,10 @@ def _read(booking: Booking) -> dict[str, Any]:
     return BookingRead.model_validate(booking).model_dump(mode="json", by_alias=True)
 
 
-def is_settled(booking: Booking) -> bool:
-    """Nothing is in flight for the booking: decided, and no cancellation awaiting a worker."""
-    if booking.status in ("rejected", "cancelled"):
-        return True
-    return booking.status == "confirmed" and booking.cancel_requested_at is None
-
-
-async def _await_decision(state: Any, booking_id: str, seconds: int, reload: Any) -> Booking:
+async def _await_decision(
+    hub: Hub, booking_id: str, seconds: int, reload: Callable[[], Booking]
+) -> Booking:
     """Wait until the booking is settled or ``seconds`` pass; returns it as the database has it."""
-    hub = state.hub
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -102,8 +110,12 @@ def _decided_response(booking: Booking, *, ok_status: int, headers: dict[str, st
 )
 async def create_booking(
     body: BookingCreate,
-    request: Request,
     user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    hub: HubDep,
+    writer: IntakeDep,
+    seats: SeatsDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> JSONResponse:
@@ -113,20 +125,31 @@ async def create_booking(
     (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
     ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
     """
-    return await accept_booking(request.app.state, user_id, body, idempotency_key, prefer)
+    return await accept_booking(
+        settings, factory, hub, writer, seats, user_id, body, idempotency_key, prefer
+    )
 
 
 async def accept_booking(
-    state: Any, user_id: int, body: BookingCreate, idempotency_key: str | None, prefer: str | None
+    settings: Settings,
+    factory: sessionmaker[Session],
+    hub: Hub,
+    writer: IntakeWriter,
+    seats: SeatSnapshots,
+    user_id: int,
+    body: BookingCreate,
+    idempotency_key: str | None,
+    prefer: str | None,
 ) -> JSONResponse:
     """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
     if idempotency_key is None:
-        seats = state.seats.sold_out(body.event_id, body.quantity)
-        if seats is not None:  # refused from memory: nothing to store, no round trip
-            raise SoldOut(details=[{"field": "quantity", "message": f"{seats} seats left"}])
+        left = seats.sold_out(body.event_id, body.quantity)
+        if left is not None:  # refused from memory: nothing to store, no round trip
+            raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
     booking_id = service.new_booking_id()
-    intake = partial(state.intake.submit, IntakeRequest(user_id, body, booking_id, idempotency_key))
+    # Stored with the other requests of the moment in one statement and one commit.
+    intake = partial(writer.submit, IntakeRequest(user_id, body, booking_id, idempotency_key))
 
     if not wait:
         booking, created = await intake()
@@ -137,7 +160,7 @@ async def accept_booking(
     # The waiter is in place before the row is committed, so the decision cannot slip past it
     # and the booking need not be read back: one transaction per request, not three.
     message: dict[str, Any] | None = None
-    async with state.hub.waiter(booking_id) as decided:
+    async with hub.waiter(booking_id) as decided:
         booking, created = await intake()
         _accepted(booking, created)
         if created:
@@ -152,15 +175,15 @@ async def accept_booking(
     }
     if message is not None and message.get("status") in ("confirmed", "rejected"):
         return _decided_response(
-            _apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
+            apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
-    reload = lambda: _reload(state, user_id, booking.booking_id)  # noqa: E731
+    reload = lambda: _reload(factory, user_id, booking.booking_id)  # noqa: E731
     if created:
         # No word within the wait (or a cancellation raced the decision): the database says.
         booking = await run_in_threadpool(reload)
     else:
         # An idempotent replay of an earlier request: wait for that booking instead.
-        booking = await _await_decision(state, booking.booking_id, wait, reload)
+        booking = await _await_decision(hub, booking.booking_id, wait, reload)
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
 
 
@@ -170,17 +193,8 @@ def _accepted(booking: Booking, created: bool) -> None:
         logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
 
 
-def _apply_decision(booking: Booking, message: dict[str, Any]) -> Booking:
-    """The booking as just inserted, with the decision the worker published for it."""
-    booking.status = message["status"]
-    booking.reason = message.get("reason")
-    decided_at = message.get("decidedAt") or message.get("timestamp")
-    booking.decided_at = datetime.fromisoformat(decided_at) if decided_at else None
-    return booking
-
-
-def _reload(state: Any, user_id: int, booking_id: str) -> Booking:
-    with session_scope(state.session_factory) as session:
+def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
+    with session_scope(factory) as session:
         user = users_service.get_active(session, user_id)
         return service.get_booking(session, user, booking_id)
 
@@ -269,23 +283,33 @@ def _csv(rows: list[Booking]) -> Iterator[str]:
     },
 )
 async def get_booking(
-    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+    booking_id: str,
+    user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    hub: HubDep,
+    prefer: Prefer = None,
 ) -> JSONResponse:
     """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
     answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
-    return await read_booking(request.app.state, user_id, booking_id, prefer)
+    return await read_booking(settings, factory, hub, user_id, booking_id, prefer)
 
 
 async def read_booking(
-    state: Any, user_id: int, booking_id: str, prefer: str | None
+    settings: Settings,
+    factory: sessionmaker[Session],
+    hub: Hub,
+    user_id: int,
+    booking_id: str,
+    prefer: str | None,
 ) -> JSONResponse:
     """GET /api/bookings/{id} once parsed: the route above and the lean path (api.fastpath)."""
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
-    reload = lambda: _reload(state, user_id, booking_id)  # noqa: E731
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
+    reload = lambda: _reload(factory, user_id, booking_id)  # noqa: E731
     if not wait:
         booking = await run_in_threadpool(reload)
         return JSONResponse(ok(_read(booking)))
-    booking = await _await_decision(state, booking_id, wait, reload)
+    booking = await _await_decision(hub, booking_id, wait, reload)
     return _decided_response(
         booking, ok_status=status.HTTP_200_OK, headers={"Preference-Applied": f"wait={wait}"}
     )
@@ -301,22 +325,27 @@ async def read_booking(
     },
 )
 async def cancel_booking(
-    booking_id: str, request: Request, user_id: TokenUserId, prefer: Prefer = None
+    booking_id: str,
+    user_id: TokenUserId,
+    settings: SettingsDep,
+    factory: SessionFactoryDep,
+    signal: SignalDep,
+    hub: HubDep,
+    prefer: Prefer = None,
 ) -> JSONResponse:
     """Ask to cancel (owner or admin): 202, and a worker frees the seats. 409 if it is already
     cancelled, was rejected, or the event has started."""
-    state = request.app.state
-    wait = wait_seconds(prefer, state.settings.MAX_WAIT)
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
 
     def ask() -> Booking:
-        with session_scope(state.session_factory) as session:
+        with session_scope(factory) as session:
             user = users_service.get_active(session, user_id)
-            return service.request_cancellation(session, user, booking_id, state.signal)
+            return service.request_cancellation(session, user, booking_id, signal)
 
     booking = await run_in_threadpool(ask)
     if wait:
         booking = await _await_decision(
-            state, booking_id, wait, lambda: _reload(state, user_id, booking_id)
+            hub, booking_id, wait, lambda: _reload(factory, user_id, booking_id)
         )
     code = status.HTTP_200_OK if booking.status == "cancelled" else status.HTTP_202_ACCEPTED
     return JSONResponse(ok(_read(booking)), status_code=code)

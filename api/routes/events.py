@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, status
 
-from api.deps import CurrentUser, SessionDep
+from api.deps import CurrentUser, RedisDep, SessionDep
 from api.envelope import Envelope, error_responses, ok
 from common.events import service
 from common.events.schemas import EventCreate, EventPage, EventRead, EventUpdate
@@ -47,11 +47,11 @@ def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> d
     responses=error_responses(400, 401, 403, 404, 409, 413),
 )
 def update_event(
-    event_id: int, body: EventUpdate, request: Request, session: SessionDep, user: CurrentUser
+    event_id: int, body: EventUpdate, session: SessionDep, user: CurrentUser, publisher: RedisDep
 ) -> dict:
     """Admin or creator; not once the event has started. Capacity never drops below the seats
     already confirmed; available seats are recomputed from it."""
-    event = service.update_event(session, user, event_id, body, request.app.state.redis)
+    event = service.update_event(session, user, event_id, body, publisher)
     return ok(EventRead.model_validate(event))
 
 
@@ -60,7 +60,9 @@ def update_event(
     response_model=Envelope[dict],
     responses=error_responses(400, 401, 403, 404, 409),
 )
-def delete_event(event_id: int, request: Request, session: SessionDep, user: CurrentUser) -> dict:
+def delete_event(
+    event_id: int, session: SessionDep, user: CurrentUser, publisher: RedisDep
+) -> dict:
     """Admin or creator; refused while the event has confirmed or pending bookings."""
-    service.delete_event(session, user, event_id, request.app.state.redis)
+    service.delete_event(session, user, event_id, publisher)
     return ok({"id": event_id, "deleted": True})

@@ -37,8 +37,9 @@ from common.db import session_scope
 
 logger = logging.getLogger(__name__)
 
-# The batched twin of service.INTAKE: one row of facts per request, the inserts in arrival
-# order, and every request's facts returned beside its inserted row (if any).
+# The batched twin of service.INTAKE: one row of facts per request (the rules are
+# booking_verdict's, as there), the inserts in arrival order, and every request's facts
+# returned beside its inserted row (if any).
 INTAKE_BATCH = text(
     """
 WITH req AS (
@@ -48,7 +49,8 @@ WITH req AS (
                          CAST(:hashes AS text[]))
         AS r(ord, r_user, r_event, r_quantity, r_booking, r_key, r_hash)
 ), facts AS (
-    SELECT r.*, u.id AS known_user, e.id AS known_event, e.event_date > now() AS open,
+    SELECT r.*, u.id AS known_user, e.id AS known_event,
+           booking_verdict(e, r.r_quantity, e.available_seats, 0) AS verdict,
            e.max_seats_per_user, e.available_seats, e.version AS event_version,
            extract(epoch FROM e.event_date)::float8 AS starts_at,
            (SELECT count(*) FROM (
@@ -61,13 +63,13 @@ WITH req AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT f.r_booking, f.known_user, f.known_event, f.r_quantity, f.r_key, f.r_hash
     FROM facts f
-    WHERE f.known_user IS NOT NULL AND f.open AND f.max_seats_per_user >= f.r_quantity
-      AND f.available_seats >= f.r_quantity AND f.pending < :max_pending
+    WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL AND f.verdict = 'confirmed'
+      AND f.pending < :max_pending
     ORDER BY f.ord
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
-SELECT f.ord, f.known_user, f.known_event, f.open, f.max_seats_per_user, f.available_seats,
+SELECT f.ord, f.known_user, f.known_event, f.verdict, f.max_seats_per_user, f.available_seats,
        f.event_version, f.starts_at, f.pending, ins.*
 FROM facts f LEFT JOIN ins ON ins.booking_id = f.r_booking
 ORDER BY f.ord

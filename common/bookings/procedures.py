@@ -1,4 +1,5 @@
-"""Thin Python faces of the stored procedures in migrations/versions/0002_procedures.py."""
+"""Thin Python faces of the stored procedures; their SQL is migrations/sql/<function>/, the
+newest file of each folder being what the database runs (docs/DATABASE-SCHEMA.md)."""
 
 from __future__ import annotations
 

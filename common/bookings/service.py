@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings import procedures
@@ -21,6 +22,7 @@ from common.errors import (
     AlreadyCancelled,
     BookingNotFound,
     BookingRejected,
+    DomainError,
     EventNotFound,
     EventPast,
     Forbidden,
@@ -47,11 +49,13 @@ def request_hash(data: BookingCreate) -> str:
 
 # One round trip decides intake: ``facts`` reads what the checks need, ``ins`` inserts only when
 # they all pass, and the row returned carries both, so a refusal costs no more than an accept.
+# The booking rules are booking_verdict's (migrations/sql/booking_verdict/), asked here with no
+# seats held yet and the seats the event shows: what is refused at once is refused by them.
 INTAKE = text(
     """
 WITH facts AS (
-    SELECT e.id AS event_id, e.event_date > now() AS open, e.max_seats_per_user,
-           e.available_seats, u.id AS user_id,
+    SELECT e.id AS event_id, booking_verdict(e, :quantity, e.available_seats, 0) AS verdict,
+           e.max_seats_per_user, e.available_seats, u.id AS user_id,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = :user_id AND p.status = 'pending'
                 LIMIT :max_pending) mine) AS pending
@@ -62,16 +66,21 @@ WITH facts AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT :booking_id, f.user_id, f.event_id, :quantity, :idempotency_key, :request_hash
     FROM facts f
-    WHERE f.user_id IS NOT NULL AND f.open AND f.max_seats_per_user >= :quantity
-      AND f.available_seats >= :quantity AND f.pending < :max_pending
+    WHERE f.user_id IS NOT NULL AND f.event_id IS NOT NULL AND f.verdict = 'confirmed'
+      AND f.pending < :max_pending
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
-SELECT f.user_id AS known_user, f.event_id AS known_event, f.open, f.max_seats_per_user,
+SELECT f.user_id AS known_user, f.event_id AS known_event, f.verdict, f.max_seats_per_user,
        f.available_seats, f.pending, ins.*
 FROM facts f LEFT JOIN ins ON true
 """
 )
+# The foreign keys intake's insert can trip when its row is deleted under it (see request_booking).
+GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
+    "fk_bookings_event_id_events": EventNotFound,
+    "fk_bookings_user_id_users": InvalidToken,
+}
 BOOKING_COLUMNS = [column.key for column in Booking.__table__.columns]
 NO_PENDING_CAP = 2**31 - 1
 
@@ -100,22 +109,31 @@ def request_booking(
     created.
     """
     fingerprint = request_hash(data)
-    row = (
-        session.execute(
-            INTAKE,
-            {
-                "user_id": user_id,
-                "event_id": data.event_id,
-                "quantity": data.quantity,
-                "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
-                "booking_id": booking_id or new_booking_id(),
-                "idempotency_key": idempotency_key,
-                "request_hash": fingerprint,
-            },
+    try:
+        row = (
+            session.execute(
+                INTAKE,
+                {
+                    "user_id": user_id,
+                    "event_id": data.event_id,
+                    "quantity": data.quantity,
+                    "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
+                    "booking_id": booking_id or new_booking_id(),
+                    "idempotency_key": idempotency_key,
+                    "request_hash": fingerprint,
+                },
+            )
+            .mappings()
+            .one()
         )
-        .mappings()
-        .one()
-    )
+    except IntegrityError as exc:
+        # The event (or user) was read, then deleted by a transaction that committed before our
+        # insert's foreign-key check: to the client it is gone, as if it had never been read.
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        gone = GONE_WITH_THE_ROW.get(constraint or "")
+        if gone is None:
+            raise
+        raise gone() from exc
     booking, created = intake_verdict(
         session, row, user_id, data, idempotency_key, fingerprint, max_pending
     )
@@ -141,8 +159,9 @@ def intake_verdict(
         raise EventNotFound()
     if row["id"] is not None:
         return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
-    if not row["open"]:
+    if row["verdict"] == "event_past":
         raise EventPast()
+    # A quantity no user may ever book is a bad request (400), before any verdict on seats.
     if data.quantity > row["max_seats_per_user"]:
         message = f"at most {row['max_seats_per_user']} seats per user for this event"
         raise ValidationFailed(details=[{"field": "quantity", "message": message}])

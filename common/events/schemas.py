@@ -15,7 +15,15 @@ Description = Annotated[str, Field(max_length=10_000), trimmed()]
 
 
 def _in_future(value: datetime | None) -> datetime | None:
-    if value is not None and value <= datetime.now(UTC):
+    if value is None:
+        return value
+    try:
+        # Stored and read back in UTC: `9999-12-31T23:59:59-14:00` is year 10000 there, which
+        # Python's datetime cannot hold.
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be before the year 10000 in UTC") from None
+    if value <= datetime.now(UTC):
         raise ValueError("must be in the future")
     return value
 

@@ -18,7 +18,7 @@ from common.errors import (
     EventPast,
     Forbidden,
 )
-from common.events.events import publish_event_deleted, publish_event_updated
+from common.events.messages import publish_event_deleted, publish_event_updated
 from common.events.models import Event
 from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
 from common.users.models import User

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.errors import EmailTaken, InvalidCredentials, InvalidToken
-from common.security import hash_password, verify_password
+from common.security import verify_password
 from common.users.models import User
 from common.users.schemas import UserCreate
 
@@ -16,13 +16,15 @@ def get_by_email(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(func.lower(User.email) == email.lower()))
 
 
-def register(session: Session, data: UserCreate, *, bcrypt_rounds: int, role: str = "user") -> User:
+def register(session: Session, data: UserCreate, *, password_hash: str, role: str = "user") -> User:
+    """Store a new account. ``password_hash`` comes from ``hash_password``, run before the
+    transaction: bcrypt must not hold a pooled connection idle in a transaction."""
     if get_by_email(session, data.email) is not None:
         raise EmailTaken(details=[{"field": "email", "message": "already registered"}])
     user = User(
         email=data.email.lower(),
         name=data.name,
-        password_hash=hash_password(data.password, bcrypt_rounds),
+        password_hash=password_hash,
         role=role,
     )
     session.add(user)
@@ -34,9 +36,12 @@ def register(session: Session, data: UserCreate, *, bcrypt_rounds: int, role: st
     return user
 
 
-def authenticate(session: Session, email: str, password: str) -> User:
-    user = get_by_email(session, email)
-    if not verify_password(password, user.password_hash if user else None) or user is None:
+def check_password(user: User | None, password: str, *, bcrypt_rounds: int) -> User:
+    """The user, if ``password`` is theirs; InvalidCredentials otherwise, after the same bcrypt
+    work for an unknown account (``user`` None) as for a wrong password. No database: call it
+    with no transaction open."""
+    hashed = user.password_hash if user else None
+    if not verify_password(password, hashed, rounds=bcrypt_rounds) or user is None:
         raise InvalidCredentials()
     return user
 

@@ -15,10 +15,8 @@ Revision ID: 0004
 Revises: 0003
 """
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 from alembic import op
 
@@ -27,66 +25,21 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-BATCH_ORDER = (
-    """            ELSIF v_seats + r.quantity > ev.max_seats_per_user THEN
-                v_status[v_n] := 'rejected';
-                v_reason[v_n] := 'limit_exceeded';
-            ELSIF r.quantity > v_available THEN
-                v_status[v_n] := 'rejected';
-                v_reason[v_n] := 'sold_out';
-""",
-    """            ELSIF r.quantity > v_available THEN
-                v_status[v_n] := 'rejected';
-                v_reason[v_n] := 'sold_out';
-            ELSIF v_seats + r.quantity > ev.max_seats_per_user THEN
-                v_status[v_n] := 'rejected';
-                v_reason[v_n] := 'limit_exceeded';
-""",
-)
-SINGLE_ORDER = (
-    """    ELSIF v_held + p_quantity > ev.max_seats_per_user THEN
-        v_reason := 'limit_exceeded';
-    ELSIF ev.available_seats < p_quantity THEN
-        v_reason := 'sold_out';
-""",
-    """    ELSIF ev.available_seats < p_quantity THEN
-        v_reason := 'sold_out';
-    ELSIF v_held + p_quantity > ev.max_seats_per_user THEN
-        v_reason := 'limit_exceeded';
-""",
-)
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EVENT_LOCK = ("FROM events e WHERE e.id = p_event_id FOR UPDATE;",
-              "FROM events e WHERE e.id = p_event_id FOR NO KEY UPDATE;")  # fmt: skip
-
-
-def _swap(sql: str, *changes: tuple[str, str]) -> str:
-    for old, new in changes:
-        assert sql.count(old) == 1, "the procedure no longer reads as expected"
-        sql = sql.replace(old, new)
-    return sql
-
-
+SQL = Path(__file__).parents[1] / "sql"
 DROP_BATCH = "DROP FUNCTION IF EXISTS process_event_queue(integer, integer, text)"
+
+
+def _install(function: str, version: str) -> None:
+    op.execute((SQL / function / f"{version}.sql").read_text())
 
 
 def upgrade() -> None:
     op.execute(DROP_BATCH)
-    batch = _load("0003_faster_batch_decider").PROCESS_EVENT_QUEUE
-    op.execute(_swap(batch, BATCH_ORDER, EVENT_LOCK))
-    op.execute(_swap(_load("0002_procedures").CREATE_BOOKING, SINGLE_ORDER, EVENT_LOCK))
+    _install("process_event_queue", "0004")
+    _install("create_booking", "0004")
 
 
 def downgrade() -> None:
     op.execute(DROP_BATCH)
-    op.execute(_load("0003_faster_batch_decider").PROCESS_EVENT_QUEUE)
-    op.execute(_load("0002_procedures").CREATE_BOOKING)
+    _install("process_event_queue", "0003")
+    _install("create_booking", "0002")

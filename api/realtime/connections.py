@@ -1,0 +1,136 @@
+"""The sockets of this API instance and their queues.
+
+Nothing here waits on a socket: a message goes into the socket's bounded queue, encoded once,
+and the socket's sender (``api.realtime.socket``) drains it. When a queue is full the client is
+dropped (close 1013, "try again later") rather than skipped ahead: a client that reconnects
+starts again from a snapshot, which the protocol needs anyway, and a ``booking_status`` is never
+silently lost on a connection that stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from fastapi import WebSocket
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.hub import Hub
+from common.pubsub import encode
+from common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+class CloseMarker:
+    """Queued after the last message on shutdown: the sender stops there and the socket closes."""
+
+
+CLOSE = CloseMarker()
+
+
+def error(code: str, message: str, **extra: Any) -> str:
+    """An ``error`` message for one client (codes in docs/websockets.md)."""
+    return encode("error", {"code": code, "message": message, **extra})
+
+
+@dataclass(eq=False)
+class Client:
+    websocket: WebSocket
+    user_id: int
+    expires_at: datetime  # the token's; the socket closes then (1008) and the client signs in again
+    queue: asyncio.Queue[str | CloseMarker]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    events: set[int] = field(default_factory=set)
+    # Event id -> (version, text) of messages held while its snapshot is read.
+    held: dict[int, list[tuple[int | None, str]]] = field(default_factory=dict)
+    scope: anyio.CancelScope | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+    disconnected: bool = False
+
+    def end(self, code: int, reason: str) -> None:
+        """Stop this socket's tasks now and close it with ``code``."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class ConnectionManager:
+    """Who is connected and subscribed to what; the other modules act on it."""
+
+    def __init__(
+        self, settings: Settings, session_factory: sessionmaker[Session], hub: Hub
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.hub = hub
+        self.clients: dict[str, Client] = {}
+        self.by_event: dict[int, set[Client]] = defaultdict(set)
+        self.by_user: dict[int, set[Client]] = defaultdict(set)
+        self.dropped = 0  # clients dropped for not keeping up, since start
+        self.resyncs = 0
+        self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def offer(self, client: Client, item: str | CloseMarker) -> bool:
+        """Queue ``item`` for ``client``; False (and the client dropped) if its queue is full."""
+        try:
+            client.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            self.drop(client)
+            return False
+
+    def drop(self, client: Client) -> None:
+        if client.close_code is None:
+            self.dropped += 1
+            logger.warning("dropping websocket client %s: not keeping up", client.id)
+        client.end(CLOSE_TRY_AGAIN, "too slow: message queue overflowed")
+
+    def register(self, client: Client) -> None:
+        self.clients[client.id] = client
+        self.by_user[client.user_id].add(client)
+        self.idle.clear()
+
+    def unregister(self, client: Client) -> None:
+        self.clients.pop(client.id, None)
+        for event_id in list(client.events):
+            self.forget(client, event_id)
+        owners = self.by_user.get(client.user_id)
+        if owners is not None:
+            owners.discard(client)
+            if not owners:
+                del self.by_user[client.user_id]
+        if not self.clients:
+            self.idle.set()
+
+    def forget(self, client: Client, event_id: int) -> None:
+        """Unsubscribe ``client`` from ``event_id`` without telling it."""
+        client.events.discard(event_id)
+        client.held.pop(event_id, None)
+        subscribers = self.by_event.get(event_id)
+        if subscribers is not None:
+            subscribers.discard(client)
+            if not subscribers:
+                del self.by_event[event_id]
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background; ``shutdown.close_all`` cancels what is left."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,30 @@
+"""What a booking's status means to someone waiting on it.
+
+A booking moves pending -> confirmed | rejected, and confirmed -> cancelled after a cancellation
+request (``cancel_requested_at``) that a worker carries out. ``is_settled`` says nothing is left
+for a worker to do; ``apply_decision`` reads a ``booking_status`` message (the other side of
+``common.bookings.messages.status_message``) into the booking it is about.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from common.bookings.models import Booking
+
+
+def is_settled(booking: Booking) -> bool:
+    """Nothing is in flight for the booking: decided, and no cancellation awaiting a worker."""
+    if booking.status in ("rejected", "cancelled"):
+        return True
+    return booking.status == "confirmed" and booking.cancel_requested_at is None
+
+
+def apply_decision(booking: Booking, message: dict[str, Any]) -> Booking:
+    """The booking as just inserted, with the decision the worker published for it."""
+    booking.status = message["status"]
+    booking.reason = message.get("reason")
+    decided_at = message.get("decidedAt") or message.get("timestamp")
+    booking.decided_at = datetime.fromisoformat(decided_at) if decided_at else None
+    return booking

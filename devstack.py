@@ -1,0 +1,281 @@
+"""Process scaffolding for running the service's real processes from Python: free ports, children
+in their own process groups logging to files, wait loops, a database rebuilt by Alembic, and the
+uvicorn, Celery worker, beat and private redis-server command lines.
+
+The tests (``tests/conftest.py``, ``tests/test_faults.py``) and the benchmark (``bench/stack.py``)
+both start the system this way, so there is one copy of it, here.
+
+Why a top-level module: both import it from the repository root (pytest's ``pythonpath = ["."]``,
+``python -m bench.flash_sale`` run from the root), and it imports neither ``tests`` nor ``bench``.
+It is not part of ``common/`` because no process of the service uses it, and it is not shipped:
+the wheel holds ``api``, ``worker``, ``common`` and ``celeryconfig`` only (pyproject.toml).
+
+Nothing here picks a database or a Redis db: the caller passes the environment its children get,
+and the caller's guards (the tests' forced settings, the benchmark's ``check_targets``) decide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Self
+
+import redis
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``check()`` is truthy. The bound only keeps a broken run from hanging; it is
+    generous on purpose and no test asserts on how long anything took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------- the database
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["url"] = url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def recreate_database(url: str) -> None:
+    """Drop (forcing out its sessions) and create the database named by ``url``."""
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    admin.dispose()
+
+
+def upgrade_database(url: str) -> None:
+    command.upgrade(alembic_config(url), "head")
+
+
+# ---------------------------------------------------------------- processes
+
+
+class ManagedProcess:
+    """A real child process (its own process group) logging to ``log_dir/<name>.log``; stopped
+    by its own pid or process group only, never by name."""
+
+    def __init__(self, name: str, log_dir: Path) -> None:
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = log_dir / f"{name}.log"
+        self._logfile: IO[bytes] | None = None
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._logfile = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``wait_until``, but give up at once, pointing at the log, if the child has exited."""
+
+        def ready() -> Any:
+            if not self.running:
+                raise RuntimeError(f"{what} exited; see {self.log}")
+            return check()
+
+        return wait_until(ready, timeout, what)
+
+    def stop(self, sig: int | None = None) -> None:
+        """Terminate gracefully, or send ``sig`` (e.g. 9) to the whole process group."""
+        if self.proc is None:
+            return
+        try:
+            if sig is not None:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.terminate()
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+        if self._logfile is not None:
+            self._logfile.close()
+
+
+class WorkerProcess(ManagedProcess):
+    """A real ``celery worker``; ``launch`` starts it, ``wait_ready`` waits for "ready."."""
+
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        env: dict[str, str],
+        *,
+        concurrency: int = 2,
+        queues: str = "bookings,maintenance",
+        hostname: str | None = None,
+        nice: int = 0,
+    ) -> None:
+        super().__init__(name, log_dir)
+        self.env = env
+        self.concurrency = concurrency
+        self.queues = queues
+        self.hostname = hostname or f"{name}@%h"
+        self.nice = nice
+
+    def launch(self) -> Self:
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
+        argv = [*prefix, str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", self.queues,
+                "--concurrency", str(self.concurrency), "--hostname", self.hostname,
+                "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
+        self.spawn(argv, self.env)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> Self:
+        self.wait_for(lambda: b"ready." in self.log.read_bytes(), timeout, f"worker {self.name}")
+        return self
+
+    def start(self) -> Self:
+        return self.launch().wait_ready()
+
+
+class BeatProcess(ManagedProcess):
+    """A real ``celery beat`` (the sweeper's schedule), its schedule file beside its log."""
+
+    def __init__(self, name: str, log_dir: Path, env: dict[str, str]) -> None:
+        super().__init__(name, log_dir)
+        self.env = env
+
+    def start(self) -> Self:
+        schedule = self.log.parent / f"{self.name}-schedule"
+        argv = [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", str(schedule),
+                "--loglevel", "INFO"]  # fmt: skip
+        self.spawn(argv, self.env)
+        self.wait_for(lambda: b"beat: Starting" in self.log.read_bytes(), 60, "beat")
+        return self
+
+
+class ApiProcess(ManagedProcess):
+    """A real ``uvicorn`` serving the app on a free port; ``start`` waits for /health."""
+
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        env: dict[str, str],
+        *,
+        workers: int | None = None,
+        access_log: bool = True,
+    ) -> None:
+        super().__init__(name, log_dir)
+        self.port = free_port()
+        self.env = env
+        self.workers = workers
+        self.access_log = access_log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        import httpx
+
+        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        if self.workers is not None:
+            argv += ["--workers", str(self.workers)]
+        if not self.access_log:
+            argv.append("--no-access-log")
+        self.spawn(argv, self.env)
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self.wait_for(up, 60, f"api {self.name}")
+        return self
+
+
+class RedisServer:
+    """A private redis-server on a free port that keeps nothing on disk, so a restart loses
+    everything, and killing it touches nobody else's Redis."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ebs-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--logfile", ""]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 30, "private redis")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
