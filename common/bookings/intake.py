@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import Integer, Text
 
@@ -110,7 +111,9 @@ def write_batch(
     try:
         outcomes, signals, facts = _write_together(factory, requests, max_pending)
     except Exception as exc:
-        if len(requests) == 1:
+        # A foreign key that failed names no row (a user or an event deleted meanwhile): alone,
+        # INTAKE tells whose. Anything else of a single request is its own error already.
+        if len(requests) == 1 and not isinstance(exc, IntegrityError):
             return [exc], {}
         logger.warning("intake batch of %d failed (%s); storing one by one", len(requests), exc)
         return [_write_alone(factory, request, signal, max_pending) for request in requests], {}
