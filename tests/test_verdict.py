@@ -120,7 +120,7 @@ def test_the_batched_intake(
     )
     [outcome], _ = write_batch(session_factory, [request], lambda _: None, None)
     if expected == "confirmed":
-        assert outcome[1] is True
+        assert isinstance(outcome, tuple) and outcome[1] is True
     else:
         assert type(outcome) is INTAKE_ERRORS[expected]
 
