@@ -1,10 +1,21 @@
 """Telling the workers an event has requests to decide: one deduplicated signal per event.
 
-The API calls ``signal_event`` after each intake commit. The Redis key is set while a drain
-task for the event is queued; the task deletes it *before* it reads the queue, so a request
-committed before a failed SET NX is always seen by that task, and a burst of thousands of
-requests becomes a handful of tasks. If a task is lost, the key expires and the sweeper
-re-signals (``SIGNAL_TTL``, ``SWEEP_PENDING_AFTER``).
+The API calls ``signal_event`` after each intake commit: the Redis key is SET NX with a TTL
+and, if it was not there, a drain task is queued. Only one task drains an event at a time (an
+advisory lock in ``process_event_queue``); a task that finds the event busy leaves at once and
+leaves the key as it is. The draining task keeps reading batches; when one comes back short it
+deletes the key (``take_signal``) and, if the key was there, reads again. So a request is never
+stranded, whatever the interleaving: its commit comes before its SET, and the key stays set
+until a draining task deletes it, which that task does only before a read of its own. If the
+key was set and the task sent for it left busy, the task it found busy deletes the key at the
+end of its drain and reads once more. A request committed after the last read of a drain that
+has already deleted the key sets it anew and queues a task, which finds the lock free (or, if a
+drain holds it again, that drain ends the same way).
+
+A burst of thousands of requests is thus a handful of tasks, and a long drain is one task plus
+one more per ``SIGNAL_TTL`` (the key expires, the next request sends a task, it leaves busy). If
+a task is lost, the key expires and the sweeper sends through this same function for events no
+drain holds (``SIGNAL_TTL``, ``SWEEP_PENDING_AFTER``).
 """
 
 from __future__ import annotations
@@ -37,5 +48,6 @@ def signal_event(client: redis.Redis, sender: TaskSender, event_id: int, ttl: in
     return True
 
 
-def clear_signal(client: redis.Redis, event_id: int) -> None:
-    client.delete(signal_key(event_id))
+def take_signal(client: redis.Redis, event_id: int) -> bool:
+    """Delete the event's signal; True if it was set (a request came since the last take)."""
+    return bool(client.delete(signal_key(event_id)))
