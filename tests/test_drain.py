@@ -6,8 +6,8 @@ passes over events being drained; and the decider's updates touch only rows stil
 
 Interleavings are made certain, not hoped for: the test holds a row lock on a pending booking,
 so a drain stops inside ``process_event_queue`` (its batch chosen, nothing committed) until the
-test lets it go. Tasks sent here go to a private redis-server, where no other test's worker
-can take them.
+test lets it go. Tasks sent here go to a private redis-server (with RabbitMQ, a vhost of the
+test's own), where no other test's worker can take them.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def private_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def producer(private_redis: RedisServer) -> Iterator[Celery]:
+def producer(private_redis: RedisServer, private_broker: dict[str, str]) -> Iterator[Celery]:
     app = Celery("test-drain", set_as_current=False)
     app.config_from_object("celeryconfig")
-    app.conf.broker_url = private_redis.url
+    app.conf.broker_url = private_broker.get("CELERY_BROKER_URL", private_redis.url)
     yield app
     app.close()
 
@@ -215,7 +215,7 @@ def test_the_sweeper_passes_over_events_being_drained(engine, make_user, make_ev
 
 @pytest.mark.slow
 def test_a_quiet_event_is_decided_while_a_hot_backlog_drains(
-    engine, make_user, make_event, db, private_redis, producer
+    engine, make_user, make_event, db, private_redis, private_broker, producer
 ):
     """Every request of a hot sale queues a task for its event; with the worker's two slots,
     the quiet event's booking is decided before the hot backlog is, not after it."""
@@ -223,7 +223,11 @@ def test_a_quiet_event_is_decided_while_a_hot_backlog_drains(
     users = [make_user().id for _ in range(100)]
     insert_pending(db, hot.id, users * 200)  # 20,000 requests, 400 batches of 50
     worker = WorkerProcess(
-        "drain-hot", concurrency=2, REDIS_URL=private_redis.url, BATCH_SIZE="50"
+        "drain-hot",
+        concurrency=2,
+        **private_broker,
+        REDIS_URL=private_redis.url,
+        BATCH_SIZE="50",
     ).start()
     try:
         client = redis.Redis.from_url(private_redis.url)
