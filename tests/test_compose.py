@@ -233,7 +233,7 @@ def test_api_scales_behind_the_proxy_which_passes_websockets():
     assert re.search(r"map \$http_upgrade \$connection_upgrade \{\s*default upgrade;", conf)
     # The proxy never cuts a request waiting for its decision, nor an idle WebSocket.
     read_timeout = int(directives["proxy_read_timeout"].rstrip("s"))
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)
     assert read_timeout > max(defaults.MAX_WAIT, defaults.WS_HEARTBEAT_INTERVAL)
     # The API's trust in X-Forwarded-For is what per-address limits rest on behind the proxy.
     assert "--proxy-headers" in argv(api)
