@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.flash_sale import machine
-from bench.stack import CpuMeter, Data, Stack, StackConfig, check_targets, prepare_database
+from bench.stack import (
+    CpuMeter,
+    Data,
+    Stack,
+    StackConfig,
+    add_target_args,
+    check_targets,
+    prepare_database,
+)
 from devstack import ROOT, WorkerProcess
 
 
@@ -37,14 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--workers", default="1,2,4", help="worker process counts to run, in this order")
     add("--repeat", type=int, default=1, help="runs per worker count (the best is reported)")
     add("--batch-size", type=int, default=None, help="BATCH_SIZE for the worker")
-    add(
-        "--database-url",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_bench"
-        ),
-    )
-    add("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))
-    add("--reuse-database", action="store_true", help="migrate the database, do not recreate it")
+    add_target_args(parser)
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON and logs")
     return parser.parse_args(argv)
 
