@@ -2,15 +2,21 @@
 
 The API calls ``signal_event`` after each intake commit: the Redis key is SET NX with a TTL
 and, if it was not there, a drain task is queued. Only one task drains an event at a time (an
-advisory lock in ``process_event_queue``); a task that finds the event busy leaves at once and
-leaves the key as it is. The draining task keeps reading batches; when one comes back short it
-deletes the key (``take_signal``) and, if the key was there, reads again. So a request is never
-stranded, whatever the interleaving: its commit comes before its SET, and the key stays set
-until a draining task deletes it, which that task does only before a read of its own. If the
-key was set and the task sent for it left busy, the task it found busy deletes the key at the
-end of its drain and reads once more. A request committed after the last read of a drain that
-has already deleted the key sets it anew and queues a task, which finds the lock free (or, if a
-drain holds it again, that drain ends the same way).
+advisory lock in ``process_event_queue``). The protocol, in three rules:
+
+1. A draining task deletes the key only after a short batch (``take_signal``), and if the key
+   was there it reads again: a request may have committed after the read it just made.
+2. A task that finds the event busy leaves at once, after making sure the key is set
+   (``signal_event``: if it was gone, it is set and one more task is queued).
+3. Nothing else deletes the key, but it expires after ``SIGNAL_TTL``, and ``signal_event``
+   takes back a key whose task it could not queue: both are the sweeper's cases.
+
+Why no request is stranded: a request commits before its SET, so the key is set after its
+commit. Whoever deletes the key first after that is a draining task, which then reads (rule 1)
+and sees the request, or finds the event busy and sets the key again (rule 2) for the task
+holding the event, which cannot end without deleting the key and reading once more (rule 1).
+If nobody deletes it, the task queued for it runs: it drains (and ends by rule 1) or finds a
+drain that will (rule 2). ``tests/test_drain.py`` makes the tight interleaving certain.
 
 A burst of thousands of requests is thus a handful of tasks, and a long drain is one task plus
 one more per ``SIGNAL_TTL`` (the key expires, the next request sends a task, it leaves busy). If
