@@ -9,8 +9,15 @@ run: install services db
 	$(BIN)/ebs db seed --if-empty
 	scripts/run.sh
 
+# The whole suite with Redis as the broker, then the pipeline and fault tests again with
+# RabbitMQ (started if it does not answer), each run in a vhost of its own (tests/conftest.py).
+AMQP_TEST_BROKER ?= amqp://guest:guest@127.0.0.1:5672/
+BROKER_TESTS := tests/test_pipeline.py tests/test_drain.py tests/test_faults.py \
+	tests/test_smoke_pipeline.py
 test: install services chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+	CELERY_BROKER_URL=$(AMQP_TEST_BROKER) scripts/ensure-services.sh
+	TEST_CELERY_BROKER_URL=$(AMQP_TEST_BROKER) $(BIN)/pytest -q $(BROKER_TESTS)
 
 install: $(VENV)/.installed
 

@@ -2,8 +2,11 @@
 
 Delivery is at least once: a task is acknowledged after it ran (``acks_late``) and requeued if
 its process dies (``task_reject_on_worker_lost``); every task's effect is idempotent in
-PostgreSQL, so a second delivery changes nothing. The hard time limit stays well below the Redis
-visibility timeout, so a task still running is never handed to a second worker by the broker.
+PostgreSQL, so a second delivery changes nothing. The broker is Redis (``REDIS_URL``) unless
+``CELERY_BROKER_URL`` names another, e.g. RabbitMQ (docs/OPERATIONS.md, "Brokers"). With Redis,
+the hard time limit stays well below the visibility timeout, so a task still running is never
+handed to a second worker by the broker; RabbitMQ redelivers only when the consumer's
+connection closes, and ignores the option.
 """
 
 from kombu import Queue
@@ -13,7 +16,7 @@ from common.tasks import BOOKINGS_QUEUE, MAINTENANCE_QUEUE, PROCESS_EVENT, SWEEP
 
 _settings = get_settings()
 
-broker_url = _settings.REDIS_URL
+broker_url = _settings.broker_url
 result_backend = None
 task_ignore_result = True
 

@@ -279,3 +279,31 @@ class RedisServer:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RabbitVhost:
+    """A RabbitMQ virtual host of its own on the broker of ``base_url`` (``amqp://user:pw@host:
+    port/``), made empty with ``rabbitmqctl`` and deleted on ``close``: its queues are nobody
+    else's, as a Redis db number or a private redis-server gives with the Redis broker."""
+
+    def __init__(self, base_url: str, name: str) -> None:
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.user = make_url(base_url.replace("amqp://", "postgresql://", 1)).username or "guest"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/{self.name}"
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+        subprocess.run([ctl, "-q", *args], check=check, capture_output=True)
+
+    def start(self) -> Self:
+        self._ctl("delete_vhost", self.name, check=False)  # what an earlier run left queued
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        return self
+
+    def close(self) -> None:
+        self._ctl("delete_vhost", self.name, check=False)

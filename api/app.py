@@ -40,7 +40,7 @@ def build_task_sender(settings: Settings) -> Celery:
     ``worker/``; the worker's Celery app is the only one that registers tasks."""
     client = Celery("ebs-api", set_as_current=False)
     client.config_from_object("celeryconfig")
-    client.conf.broker_url = settings.REDIS_URL
+    client.conf.broker_url = settings.broker_url
     return client
 
 

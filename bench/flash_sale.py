@@ -31,6 +31,7 @@ from bench.stack import (
     Data,
     Stack,
     StackConfig,
+    add_target_args,
     check_targets,
     connect,
     prepare_database,
@@ -59,14 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--worker-nice", type=int, default=0, help="run the Celery worker under nice -n N")
     add("--pool-size", type=int, default=None, help="DB_POOL_SIZE for the API (default: settings)")
     add("--batch-size", type=int, default=None, help="BATCH_SIZE for the worker")
-    add(
-        "--database-url",
-        default=os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_bench"
-        ),
-    )
-    add("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"))
-    add("--reuse-database", action="store_true", help="migrate the database, do not recreate it")
+    add_target_args(parser)
     add("--no-worker", action="store_true", help="a Celery worker on that Redis db is running")
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON, PNG and logs")
     add("--profile", type=Path, default=None, help="py-spy the API and worker into this dir")

@@ -7,6 +7,7 @@ Starting processes and rebuilding the database is devstack's, shared with the te
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -70,6 +71,22 @@ class StackConfig:
             env["BATCH_SIZE"] = str(self.batch_size)
         env.update(self.extra_env)
         return env
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    """The database and Redis db a benchmark builds and uses (``check_targets`` guards them)."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_bench"
+        ),
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+    )
+    parser.add_argument(
+        "--reuse-database", action="store_true", help="migrate the database, do not recreate it"
+    )
 
 
 def check_targets(database_url: str, redis_url: str, reuse: bool) -> None:

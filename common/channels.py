@@ -53,7 +53,8 @@ def parse_channel(channel: str) -> tuple[str, int] | None:
 
 
 def signal_key(event_id: int) -> str:
-    """Set while a drain task for the event is queued, so a burst sends a handful of tasks."""
+    """Set by a request's signal until a drain of the event takes it (common/bookings/signals.py),
+    so a burst sends a handful of tasks."""
     return f"{PREFIX}:signal:event:{event_id}"
 
 

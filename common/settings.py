@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     APP_ENV: Literal["development", "test", "production"] = "development"
     DATABASE_URL: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/event_booking"
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    CELERY_BROKER_URL: str | None = Field(
+        default=None, description="Celery's broker (amqp://... for RabbitMQ); unset: REDIS_URL"
+    )
     JWT_SECRET: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
     JWT_EXPIRES_IN: int = Field(default=86_400, gt=0, description="token lifetime, seconds")
     CORS_ORIGINS: Annotated[list[str], NoDecode] = [
@@ -127,6 +130,12 @@ class Settings(BaseSettings):
         if self.ENABLE_SYNC_BASELINE:
             raise ValueError("ENABLE_SYNC_BASELINE is a benchmarking aid, not for production")
         return self
+
+    @property
+    def broker_url(self) -> str:
+        """Where tasks go: RabbitMQ or another broker if set, else the Redis of everything else
+        (signals, pub/sub, rate limits, metrics stay in Redis either way)."""
+        return self.CELERY_BROKER_URL or self.REDIS_URL
 
     @property
     def sqlalchemy_url(self) -> str:

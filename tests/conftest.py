@@ -15,10 +15,18 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ebs_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The Celery broker: the test Redis, unless TEST_CELERY_BROKER_URL names a RabbitMQ
+# (amqp://user:password@host:port/); the run then gets a vhost of its own, named after its
+# database. `make test` runs the pipeline and fault tests a second time that way.
+TEST_AMQP_URL = os.environ.get("TEST_CELERY_BROKER_URL", "")
+TEST_DATABASE_NAME = TEST_DATABASE_URL.rsplit("/", 1)[-1]
+TEST_BROKER_URL = f"{TEST_AMQP_URL.rstrip('/')}/{TEST_DATABASE_NAME}" if TEST_AMQP_URL else ""
 TEST_ENV = {
     "APP_ENV": "test",
     "DATABASE_URL": TEST_DATABASE_URL,
     "REDIS_URL": TEST_REDIS_URL,
+    # Empty: REDIS_URL is the broker (and a CELERY_BROKER_URL in .env is not used).
+    "CELERY_BROKER_URL": TEST_BROKER_URL,
     "JWT_SECRET": "test-secret-that-is-long-enough-for-hs256-0123456789",
     "BCRYPT_ROUNDS": "4",  # production never lowers it (see Settings)
     "SWEEP_INTERVAL": "1",
@@ -28,6 +36,10 @@ TEST_ENV = {
     "FORWARDED_ALLOW_IPS": "",  # uvicorn's own default trusts loopback; run.sh sets it like this
 }
 os.environ.update(TEST_ENV)
+# Celery reads CELERY_BROKER_URL from the environment ahead of any app's own broker_url, so in
+# this process, whose producers also aim at tests' private brokers, it stays empty; the
+# ``settings`` fixture carries the run's broker, and child processes get it from TEST_ENV.
+os.environ["CELERY_BROKER_URL"] = ""
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -42,7 +54,7 @@ from common.events.models import Event  # noqa: E402
 from common.security import create_access_token, hash_password  # noqa: E402
 from common.settings import Settings, get_settings  # noqa: E402
 from common.users.models import User  # noqa: E402
-from devstack import ROOT, recreate_database, upgrade_database  # noqa: E402
+from devstack import ROOT, RabbitVhost, recreate_database, upgrade_database  # noqa: E402
 
 # Property tests (the booking state machine, schemathesis) draw the same examples on every run
 # by default, so CI passes or fails on the code, not on the draw. HYPOTHESIS_PROFILE=hunt draws
@@ -60,9 +72,29 @@ TABLES = "events, bookings, booking_logs, users"
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
+def settings() -> Iterator[Settings]:
     get_settings.cache_clear()
-    return get_settings()
+    settings = get_settings().model_copy(update={"CELERY_BROKER_URL": TEST_BROKER_URL})
+    if not TEST_AMQP_URL:
+        yield settings
+        return
+    vhost = RabbitVhost(TEST_AMQP_URL, TEST_DATABASE_NAME).start()
+    yield settings
+    vhost.close()
+
+
+@pytest.fixture
+def private_broker(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment for a stack of the test's own that no other test's worker consumes
+    from: with RabbitMQ, a vhost of its own; with Redis nothing, the caller's private
+    redis-server (its REDIS_URL) being the broker."""
+    if not TEST_AMQP_URL:
+        yield {}
+        return
+    tag = request.node.name.removeprefix("test_")[:40].strip("[]")
+    vhost = RabbitVhost(TEST_AMQP_URL, f"{TEST_DATABASE_NAME}-{tag}").start()
+    yield {"CELERY_BROKER_URL": vhost.url}
+    vhost.close()
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,21 @@ def test_flash_sale_tool_reports_no_oversell_no_loss_no_5xx(engine, worker, tmp_
         == drain["singleBookingLoop"]["invariantViolations"]
         == 0
     )
+
+
+def test_many_events_tool_decides_every_request_of_every_event(engine, tmp_path):
+    argv = [sys.executable, "-m", "bench.many_events",
+            "--events", "3", "--seats", "10", "--requests", "25", "--users", "40",
+            "--workers", "1,2", "--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL,
+            "--reuse-database", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    [path] = tmp_path.glob("many-events-*.json")
+    runs = json.loads(path.read_text())["runs"]
+    assert [r["workers"] for r in runs] == [1, 2]
+    for result in runs:
+        assert result["left"] == 0
+        assert result["decisions"] == 3 * 25
+        assert result["confirmedSeats"] == result["capacity"] == 3 * 10
+        assert result["invariantViolations"] == 0

@@ -80,7 +80,7 @@ def example_env() -> dict[str, str]:
 
 
 def test_the_services_the_issue_asks_for():
-    assert set(services()) == {"postgres", "redis", *OURS}
+    assert set(services()) == {"postgres", "redis", "proxy", *OURS}
     for name in OURS:
         assert services()[name]["build"] == ".", name
 
@@ -205,6 +205,38 @@ def test_data_services_keep_their_data_and_redis_never_evicts():
     for part in ("--appendonly yes", "--maxmemory-policy noeviction", "--requirepass"):
         assert part in command
     assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_api_scales_behind_the_proxy_which_passes_websockets():
+    """`--scale api=N` needs an api service with no fixed name or host port; the proxy publishes
+    the port, reaches every replica by the service name, and passes WebSocket upgrades on."""
+    api, proxy = services()["api"], services()["proxy"]
+    assert "container_name" not in api and "ports" not in api
+    port = listen_port(argv(api))
+    assert proxy["ports"] == [f"{port}:80"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in proxy["volumes"]}
+    conf = re.sub(r"#.*", "", (ROOT / mounts["/etc/nginx/conf.d/default.conf"]).read_text())
+    directives = {
+        line.strip().rstrip(";").split(None, 1)[0]: line.strip().rstrip(";").split(None, 1)[-1]
+        for line in conf.splitlines()
+        if line.strip().endswith(";")
+    }
+    # Docker's DNS, asked again at run time through a variable: replicas added later are found.
+    assert directives["resolver"].startswith("127.0.0.11")
+    assert re.search(rf"set \$(\w+) http://api:{port};", conf)
+    assert re.search(r"proxy_pass \$\w+;", conf)
+    # The upgrade handshake crosses the proxy: HTTP/1.1 and both hop-by-hop headers passed on.
+    assert directives["proxy_http_version"] == "1.1"
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf
+    assert "proxy_set_header Connection $connection_upgrade;" in conf
+    assert re.search(r"map \$http_upgrade \$connection_upgrade \{\s*default upgrade;", conf)
+    # The proxy never cuts a request waiting for its decision, nor an idle WebSocket.
+    read_timeout = int(directives["proxy_read_timeout"].rstrip("s"))
+    defaults = Settings(_env_file=None)
+    assert read_timeout > max(defaults.MAX_WAIT, defaults.WS_HEARTBEAT_INTERVAL)
+    # The API's trust in X-Forwarded-For is what per-address limits rest on behind the proxy.
+    assert "--proxy-headers" in argv(api)
 
 
 def test_workers_scale_and_stop_warm():

@@ -70,10 +70,13 @@ class Stack:
 
 
 @pytest.fixture
-def stack(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    engine: Engine, private_broker: dict[str, str], request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     server = RedisServer().start()
     tag = request.node.name.removeprefix("test_")[:24]  # logs: RUN_DIR/faults-<tag>-*.log
     env = {
+        **private_broker,
         "REDIS_URL": server.url,
         "BATCH_SIZE": "10",  # many small batches, so faults land between and inside them
     }

@@ -43,7 +43,7 @@ def assert_one_decision_per_booking(db, event_id: int) -> None:
 def producer(settings):
     app = Celery("test-producer", set_as_current=False)
     app.config_from_object("celeryconfig")
-    app.conf.broker_url = settings.REDIS_URL
+    app.conf.broker_url = settings.broker_url
     yield app
     app.close()
 

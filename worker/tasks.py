@@ -12,10 +12,10 @@ from sqlalchemy.exc import OperationalError
 from common.bookings import service
 from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
-from common.bookings.signals import clear_signal
+from common.bookings.signals import signal_event, take_signal
 from common.db import session_scope
 from common.metrics import SWEEPER_KEY, record_decided_batch
-from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT, SWEEP
+from common.tasks import PROCESS_EVENT, SWEEP
 from worker.app import Resources, app, resources
 
 logger = logging.getLogger(__name__)
@@ -31,20 +31,21 @@ TRANSIENT = (OperationalError, redis.ConnectionError, redis.TimeoutError)
     retry_jitter=True,
     max_retries=10,
 )
-def process_event(event_id: int) -> dict[str, int]:
-    """Decide every queued booking and cancellation of one event, in batches."""
+def process_event(event_id: int) -> dict[str, int | bool]:
+    """Decide every queued booking and cancellation of one event, in batches; leave at once if
+    another task is draining it (common/bookings/signals.py says why nothing is stranded)."""
     res = resources()
-    # Cleared before reading the queue: a request committed after this point signals anew.
-    clear_signal(res.redis, event_id)
     publisher = _publisher()
     sent: list[Future[None]] = []
     try:
-        decisions = service.drain_event(
+        decisions, busy = service.drain_event(
             res.session_factory,
             event_id,
             batch_size=res.settings.BATCH_SIZE,
             worker=res.name,
             publish=lambda batch: sent.append(publisher.submit(_after_batch, res, batch)),
+            take_signal=lambda: take_signal(res.redis, event_id),
+            resignal=lambda: signal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL),
         )
     finally:
         # The task is done once its messages are out, as when they were sent inline.
@@ -55,7 +56,7 @@ def process_event(event_id: int) -> dict[str, int]:
                 logger.exception("publishing a decided batch failed", extra={"event_id": event_id})
     if decisions:
         logger.info("decided event=%s count=%s worker=%s", event_id, len(decisions), res.name)
-    return {"eventId": event_id, "decided": len(decisions)}
+    return {"eventId": event_id, "decided": len(decisions), "busy": busy}
 
 
 _publisher_of: tuple[int, ThreadPoolExecutor] | None = None
@@ -88,13 +89,14 @@ def _after_batch(res: Resources, batch: list[Decision]) -> None:
 
 @app.task(name=SWEEP, autoretry_for=TRANSIENT, max_retries=3, retry_backoff=1)
 def sweep() -> dict[str, int]:
-    """Safety net: re-signal events whose requests waited too long (a lost task or signal)."""
+    """Safety net: signal events whose requests waited too long while no drain works on them.
+    Through the deduplicated signal, so an event whose task is still queued gets no second one;
+    only a signal actually sent (its task or key was lost) is counted and logged."""
     res = resources()
     with session_scope(res.session_factory) as session:
         event_ids = service.pending_event_ids(session, res.settings.SWEEP_PENDING_AFTER)
-    for event_id in event_ids:
-        process_event.apply_async(args=[event_id], queue=BOOKINGS_QUEUE)
-    if event_ids:
-        res.redis.incrby(SWEEPER_KEY, len(event_ids))
-        logger.warning("sweeper re-signalled %d event(s): %s", len(event_ids), event_ids)
-    return {"resignalled": len(event_ids)}
+    sent = [e for e in event_ids if signal_event(res.redis, app, e, ttl=res.settings.SIGNAL_TTL)]
+    if sent:
+        res.redis.incrby(SWEEPER_KEY, len(sent))
+        logger.warning("sweeper re-signalled %d event(s): %s", len(sent), sent)
+    return {"resignalled": len(sent)}

@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -268,6 +268,11 @@ def booking_logs(session: Session, actor: User, booking_id: str) -> list[Booking
     return list(rows)
 
 
+class Drained(NamedTuple):
+    decisions: list[Decision]
+    busy: bool  # left because another task was draining the event
+
+
 def drain_event(
     factory: sessionmaker[Session],
     event_id: int,
@@ -275,24 +280,34 @@ def drain_event(
     batch_size: int,
     worker: str,
     publish: Callable[[list[Decision]], object],
-) -> list[Decision]:
+    take_signal: Callable[[], bool],
+    resignal: Callable[[], object],
+) -> Drained:
     """Decide every queued request of one event, a batch per transaction, publishing each
-    batch after it commits. Safe to run twice or in parallel: only undecided rows are touched,
-    and the event row lock makes concurrent drains of one event take turns.
+    batch after it commits. If another task is draining the event, make sure its signal is set
+    (``resignal``) and leave at once. After a short batch, take the event's signal and, if a
+    request signalled meanwhile, read again (the protocol of common/bookings/signals.py). Safe
+    to run twice or in parallel: only undecided rows are touched, one drain at a time.
     """
     decided: list[Decision] = []
     while True:
-        with session_scope(factory) as session:
-            batch = procedures.process_event_queue(session, event_id, batch_size, worker)
-            if batch:
-                on_commit(session, lambda batch=batch: publish(batch))  # type: ignore[misc]
+        try:
+            with session_scope(factory) as session:
+                batch = procedures.process_event_queue(session, event_id, batch_size, worker)
+                if batch:
+                    on_commit(session, lambda batch=batch: publish(batch))  # type: ignore[misc]
+        except procedures.EventBusy:
+            # The drain holding the event ends by taking the signal and reading again.
+            resignal()
+            return Drained(decided, busy=True)
         decided.extend(batch)
-        if len(batch) < batch_size:
-            return decided
+        if len(batch) < batch_size and not take_signal():
+            return Drained(decided, busy=False)
 
 
 def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
-    """Events with a request waiting longer than it should: their signal was lost."""
+    """Events with a request waiting longer than it should that no drain is working on: their
+    signal or task was lost. (A hot event's backlog is older than that while it drains.)"""
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
     pending = select(Booking.event_id).where(
         Booking.status == "pending", Booking.created_at < cutoff
@@ -300,4 +315,5 @@ def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
     cancelling = select(Booking.event_id).where(
         Booking.status.in_(("pending", "confirmed")), Booking.cancel_requested_at < cutoff
     )
-    return sorted(set(session.scalars(pending.union(cancelling))))
+    waiting = set(session.scalars(pending.union(cancelling)))
+    return sorted(waiting - procedures.events_being_drained(session))

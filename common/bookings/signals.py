@@ -1,10 +1,27 @@
 """Telling the workers an event has requests to decide: one deduplicated signal per event.
 
-The API calls ``signal_event`` after each intake commit. The Redis key is set while a drain
-task for the event is queued; the task deletes it *before* it reads the queue, so a request
-committed before a failed SET NX is always seen by that task, and a burst of thousands of
-requests becomes a handful of tasks. If a task is lost, the key expires and the sweeper
-re-signals (``SIGNAL_TTL``, ``SWEEP_PENDING_AFTER``).
+The API calls ``signal_event`` after each intake commit: the Redis key is SET NX with a TTL
+and, if it was not there, a drain task is queued. Only one task drains an event at a time (an
+advisory lock in ``process_event_queue``). The protocol, in three rules:
+
+1. A draining task deletes the key only after a short batch (``take_signal``), and if the key
+   was there it reads again: a request may have committed after the read it just made.
+2. A task that finds the event busy leaves at once, after making sure the key is set
+   (``signal_event``: if it was gone, it is set and one more task is queued).
+3. Nothing else deletes the key, but it expires after ``SIGNAL_TTL``, and ``signal_event``
+   takes back a key whose task it could not queue: both are the sweeper's cases.
+
+Why no request is stranded: a request commits before its SET, so the key is set after its
+commit. Whoever deletes the key first after that is a draining task, which then reads (rule 1)
+and sees the request, or finds the event busy and sets the key again (rule 2) for the task
+holding the event, which cannot end without deleting the key and reading once more (rule 1).
+If nobody deletes it, the task queued for it runs: it drains (and ends by rule 1) or finds a
+drain that will (rule 2). ``tests/test_drain.py`` makes the tight interleaving certain.
+
+A burst of thousands of requests is thus a handful of tasks, and a long drain is one task plus
+one more per ``SIGNAL_TTL`` (the key expires, the next request sends a task, it leaves busy). If
+a task is lost, the key expires and the sweeper sends through this same function for events no
+drain holds (``SIGNAL_TTL``, ``SWEEP_PENDING_AFTER``).
 """
 
 from __future__ import annotations
@@ -37,5 +54,6 @@ def signal_event(client: redis.Redis, sender: TaskSender, event_id: int, ttl: in
     return True
 
 
-def clear_signal(client: redis.Redis, event_id: int) -> None:
-    client.delete(signal_key(event_id))
+def take_signal(client: redis.Redis, event_id: int) -> bool:
+    """Delete the event's signal; True if it was set (a request came since the last take)."""
+    return bool(client.delete(signal_key(event_id)))
