@@ -137,11 +137,12 @@ def test_after_the_redis_subscription_breaks_clients_get_a_resync(
     token = token_for(make_user())
 
     def kill_hub_subscriptions() -> int:
-        # Only this test run's API hubs: our Redis db, two patterns and the control channel.
+        # Only this test run's API hubs: our Redis db, the events pattern, the control and
+        # decisions channels.
         db = redis_client.connection_pool.connection_kwargs.get("db", 0)
         killed = 0
         for info in redis_client.client_list(_type="pubsub"):
-            if int(info["db"]) == db and info["psub"] == "2" and info["sub"] == "1":
+            if int(info["db"]) == db and info["psub"] == "1" and info["sub"] == "2":
                 killed += redis_client.client_kill_filter(_id=info["id"])
         return killed
 

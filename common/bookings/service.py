@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -134,12 +134,30 @@ def request_booking(
         if gone is None:
             raise
         raise gone() from exc
+    booking, created = intake_verdict(
+        session, row, user_id, data, idempotency_key, fingerprint, max_pending
+    )
+    if created:
+        on_commit(session, lambda: signal(data.event_id))
+    return booking, created
+
+
+def intake_verdict(
+    session: Session,
+    row: Any,
+    user_id: int,
+    data: BookingCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+    max_pending: int | None,
+) -> tuple[Booking, bool]:
+    """What one row of ``INTAKE`` (or of the batched intake) means: the booking it stored, an
+    idempotent replay, or the refusal, raised as its domain error."""
     if row["known_user"] is None:
         raise InvalidToken()
     if row["known_event"] is None:
         raise EventNotFound()
     if row["id"] is not None:
-        on_commit(session, lambda: signal(data.event_id))
         return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
     if row["verdict"] == "event_past":
         raise EventPast()
