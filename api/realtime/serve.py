@@ -12,6 +12,7 @@ import anyio
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
+from api.metrics import track_websocket
 from api.realtime.auth import authenticate, origin_allowed
 from api.realtime.commands import handle
 from api.realtime.connections import (
@@ -47,18 +48,19 @@ async def serve(
     client = Client(websocket, user_id, expires_at, asyncio.Queue(maxsize=settings.WS_QUEUE_SIZE))
     manager.register(client)
     try:
-        established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
-        manager.offer(client, encode("connection_established", established))
-        async with anyio.create_task_group() as tg:
-            client.scope = tg.cancel_scope
-            if client.close_code is not None:  # closed before the group started
-                tg.cancel_scope.cancel()
-            tg.start_soon(_receive, manager, client)
-            tg.start_soon(_send, manager, client)
-            tg.start_soon(_heartbeat, manager, client)
-            tg.start_soon(_expire, client)
-            if event_id is not None:
-                tg.start_soon(subscribe, manager, client, event_id)
+        with track_websocket():
+            established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
+            manager.offer(client, encode("connection_established", established))
+            async with anyio.create_task_group() as tg:
+                client.scope = tg.cancel_scope
+                if client.close_code is not None:  # closed before the group started
+                    tg.cancel_scope.cancel()
+                tg.start_soon(_receive, manager, client)
+                tg.start_soon(_send, manager, client)
+                tg.start_soon(_heartbeat, manager, client)
+                tg.start_soon(_expire, client)
+                if event_id is not None:
+                    tg.start_soon(subscribe, manager, client, event_id)
     finally:
         manager.unregister(client)
         if client.close_code is not None and not client.disconnected:
