@@ -66,6 +66,18 @@ class Settings(BaseSettings):
     )
     ENABLE_SYNC_BASELINE: bool = False
 
+    # Slow and idle clients (docs/OPERATIONS.md, "Connections").
+    HTTP_HEADER_TIMEOUT: float = Field(
+        default=10.0, gt=0, description="seconds to send a request's headers, else closed"
+    )
+    HTTP_BODY_TIMEOUT: float = Field(
+        default=30.0, gt=0, description="seconds to send a request's body, else 408"
+    )
+    WS_MAX_PER_USER: int = Field(default=10, ge=1, description="open WebSockets per user")
+    WS_COMMANDS_PER_SECOND: int = Field(
+        default=50, ge=1, description="commands per socket per second; twice that closes it"
+    )
+
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -56,7 +56,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" &
+"$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" \
+  --http api.protocol:HttpProtocol &
 pids+=($!)
 # Restart a process that exits on its own: Celery's worker stops for good when Redis drops while
 # it holds unacknowledged tasks (a kombu bug). Nothing is lost meanwhile (requests are in

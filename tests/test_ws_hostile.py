@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from devstack import wait_until
 from tests.conftest import RUN_DIR, ApiProcess
 
 HANG_GUARD = 30.0  # only keeps a broken run from hanging; nothing asserts on time
@@ -27,7 +28,8 @@ DEEP = "[" * 2000 + "]" * 2000  # under the size limit, past json's recursion li
 
 @pytest.fixture(scope="module")
 def api(engine: Engine, worker: Any) -> Iterator[ApiProcess]:
-    proc = ApiProcess("api-ws-hostile").start()
+    # The fuzz sends as fast as the server answers; the rate limit has its own test below.
+    proc = ApiProcess("api-ws-hostile", WS_COMMANDS_PER_SECOND="1000000").start()
     yield proc
     proc.stop()
 
@@ -152,3 +154,58 @@ def test_fuzzed_first_messages_close_with_1008(api):
 
     one()
     assert server_tracebacks(api) == []
+
+
+# ---------------------------------------------------------------- caps
+
+
+@pytest.fixture(scope="module")
+def capped(engine: Engine) -> Iterator[ApiProcess]:
+    proc = ApiProcess("api-ws-capped", WS_MAX_PER_USER="3", WS_COMMANDS_PER_SECOND="5").start()
+    yield proc
+    proc.stop()
+
+
+def test_sockets_per_user_are_capped(capped, make_user, token_for):
+    user, other = make_user(), make_user()
+    url = f"{capped.ws_url}/ws?token={token_for(user)}"
+    with ExitStack() as stack:
+        first, *_ = [stack.enter_context(signed_in(capped, token_for(user))) for _ in range(3)]
+        with connect(url, open_timeout=HANG_GUARD) as refused:
+            with pytest.raises(ConnectionClosed):
+                refused.recv(timeout=HANG_GUARD)
+            close = refused.protocol.close_rcvd
+            assert close is not None
+            assert (close.code, close.reason) == (1013, "too many connections for this user")
+        with signed_in(capped, token_for(other)):  # the cap is per user
+            pass
+        first.close()
+
+        def admitted_again() -> bool:
+            with connect(url, open_timeout=HANG_GUARD) as again:
+                try:
+                    return (
+                        json.loads(again.recv(timeout=HANG_GUARD))["type"]
+                        == "connection_established"
+                    )
+                except ConnectionClosed:
+                    return False  # the closed socket may not be unregistered yet
+
+        wait_until(admitted_again, HANG_GUARD, "a socket admitted once another closed")
+
+
+def test_a_flooding_socket_is_limited_then_closed(capped, make_user, token_for):
+    with signed_in(capped, token_for(make_user())) as conn:
+        with suppress(ConnectionClosed):
+            for _ in range(300):  # five a second allowed; the server closes long before the end
+                conn.send(json.dumps({"type": "ping"}))
+        seen = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                seen.append(json.loads(conn.recv(timeout=HANG_GUARD)))
+        assert seen[0]["type"] == "pong"  # the first ones within the limit are answered
+        limited = [m for m in seen if m["type"] == "error"]
+        assert limited and {m["data"]["code"] for m in limited} == {"RATE_LIMITED"}
+        close = conn.protocol.close_rcvd
+        assert close is not None
+        assert (close.code, close.reason) == (1008, "too many messages")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from api.realtime.connections import Client, ConnectionManager, error
+import anyio
+
+from api.realtime.connections import CLOSE_POLICY, Client, ConnectionManager, error
 from api.realtime.snapshots import subscribe, unsubscribe
 from common.pubsub import encode, now_iso
 
@@ -59,6 +61,24 @@ def event_id_of(message: dict[str, Any]) -> int:
     ):
         raise BadMessage("INVALID_EVENT_ID", "eventId must be an integer ≥ 1")
     return event_id
+
+
+def admit(manager: ConnectionManager, client: Client) -> bool:
+    """Whether to act on the frame just received: at most ``WS_COMMANDS_PER_SECOND`` per
+    socket per second. Past that each frame gets a ``RATE_LIMITED`` error; past twice that in
+    one second the socket is closed (1008)."""
+    limit = manager.settings.WS_COMMANDS_PER_SECOND
+    now = anyio.current_time()
+    if now - client.window_start >= 1.0:
+        client.window_start, client.window_count = now, 0
+    client.window_count += 1
+    if client.window_count <= limit:
+        return True
+    if client.window_count > 2 * limit:
+        client.end(CLOSE_POLICY, "too many messages")
+    else:
+        manager.offer(client, error("RATE_LIMITED", f"At most {limit} messages per second"))
+    return False
 
 
 async def handle(manager: ConnectionManager, client: Client, text: str | None) -> None:
