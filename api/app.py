@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
         expose_headers=["Location", "Preference-Applied", "X-Request-ID", "Retry-After"],
     )
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(BodyLimitMiddleware, body_timeout=settings.HTTP_BODY_TIMEOUT)
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.ALLOWED_HOSTS)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).

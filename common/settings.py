@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     API_WORKERS: int = Field(default=0, ge=0, description="uvicorn worker processes")
     WORKER_CONCURRENCY: int = Field(default=0, ge=0, description="Celery worker processes")
 
+    # Slow and idle clients (docs/OPERATIONS.md, "Connections").
+    HTTP_HEADER_TIMEOUT: float = Field(
+        default=10.0, gt=0, description="seconds to send a request's headers, else closed"
+    )
+    HTTP_BODY_TIMEOUT: float = Field(
+        default=30.0, gt=0, description="seconds to send a request's body, else 408"
+    )
+    WS_MAX_PER_USER: int = Field(default=10, ge=1, description="open WebSockets per user")
+    WS_COMMANDS_PER_SECOND: int = Field(
+        default=50, ge=1, description="commands per socket per second; twice that closes it"
+    )
+
     @field_validator("CORS_ORIGINS", "ALLOWED_HOSTS", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:

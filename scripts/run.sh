@@ -65,7 +65,7 @@ echo "  $(nproc) cores: $API_WORKERS API processes, worker concurrency $WORKER_C
 # uvicorn reads FORWARDED_ALLOW_IPS itself; unset, it would trust X-Forwarded-For from loopback.
 export FORWARDED_ALLOW_IPS
 "$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" \
-  --workers "$API_WORKERS" &
+  --workers "$API_WORKERS" --http api.protocol:HttpProtocol &
 pids+=($!)
 # Restart a process that exits on its own: Celery's worker stops for good when Redis drops while
 # it holds unacknowledged tasks (a kombu bug). Nothing is lost meanwhile (requests are in
