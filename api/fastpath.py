@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -33,7 +34,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import REQUEST_SECONDS, REQUESTS
-from api.middleware import AllowedHostsMiddleware, request_id_var
+from api.middleware import AllowedHostsMiddleware, body_timed_out, request_id_var, send_error
 from api.routes.bookings import accept_booking, read_booking
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeWriter
@@ -148,7 +149,13 @@ class FastPath:
         if headers is None:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        # The body deadline BodyLimitMiddleware keeps on the full path (HTTP_BODY_TIMEOUT).
+        limit = scope["app"].state.settings.HTTP_BODY_TIMEOUT
+        with anyio.move_on_after(limit) as waiting:
+            body = await _read_body(receive)
+        if waiting.cancelled_caught:
+            await send_error(send, 408, body_timed_out(limit))
+            return
         if body is None:
             return  # the client is gone: nothing was stored, nobody to answer
         parsed = _booking(body)

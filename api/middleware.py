@@ -21,7 +21,7 @@ MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-async def _send_error(send: Send, status: int, body: dict) -> None:
+async def send_error(send: Send, status: int, body: dict) -> None:
     content = json.dumps(body).encode()
     await send(
         {
@@ -72,7 +72,7 @@ class AllowedHostsMiddleware:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
         else:
-            await _send_error(send, 400, error_body("INVALID_HOST", "Host header not allowed"))
+            await send_error(send, 400, error_body("INVALID_HOST", "Host header not allowed"))
 
 
 class EnvelopeCORSMiddleware(CORSMiddleware):
@@ -88,6 +88,10 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
         }
         message = bytes(response.body).decode()
         return JSONResponse(error_body("CORS_REFUSED", message), status_code=400, headers=keep)
+
+
+def body_timed_out(seconds: float) -> dict[str, object]:
+    return error_body("REQUEST_TIMEOUT", f"The request body did not arrive within {seconds:g} s")
 
 
 class BodyLimitMiddleware:
@@ -114,7 +118,7 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await _send_error(send, 413, error_body("PAYLOAD_TOO_LARGE", too_large))
+                    await send_error(send, 413, error_body("PAYLOAD_TOO_LARGE", too_large))
                     return
         received = 0
         started = refused = complete = False
@@ -125,7 +129,7 @@ class BodyLimitMiddleware:
             nonlocal refused
             if not started and not refused:
                 refused = True
-                await _send_error(send, status, error)
+                await send_error(send, status, error)
             return {"type": "http.disconnect"}
 
         async def limited_receive() -> Message:
@@ -137,8 +141,7 @@ class BodyLimitMiddleware:
             with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
-                timeout = f"The request body did not arrive within {self.body_timeout:g} s"
-                return await refuse(408, error_body("REQUEST_TIMEOUT", timeout))
+                return await refuse(408, body_timed_out(self.body_timeout))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)

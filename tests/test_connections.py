@@ -22,6 +22,8 @@ from devstack import wait_until
 from tests.conftest import ApiProcess
 
 HANG_GUARD = 60.0  # only keeps a broken run from hanging
+HOST = b"Host: 127.0.0.1\r\n"  # one of the test run's ALLOWED_HOSTS
+HEALTH = b"GET /health HTTP/1.1\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +65,20 @@ def all_closed(peers: list[Peer]) -> bool:
 
 
 def test_idle_half_sent_and_slow_connections_are_closed(api, make_user, token_for):
-    login = b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    login = b"POST /api/auth/login HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
     idle = [Peer(api.port, b"") for _ in range(100)]
     half_headers = [
-        Peer(api.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(50)
+        Peer(api.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ") for _ in range(50)
     ]
     slow_bodies = [Peer(api.port, login + b"Content-Length: 100\r\n\r\n{") for _ in range(30)]
+    # A plain booking request takes the lean path (api/fastpath.py), which reads its own body.
+    booking = (
+        b"POST /api/bookings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: 30\r\n\r\n{"
+    ) % token_for(make_user()).encode()
+    slow_bodies += [Peer(api.port, booking) for _ in range(5)]
     # A keep-alive connection idling after its response, then sending half of the next request.
-    second_half = Peer(api.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n")
+    second_half = Peer(api.port, HEALTH + HOST + b"\r\n" + HEALTH)
     peers = [*idle, *half_headers, *slow_bodies, second_half]
     try:
         # A WebSocket is past its headers: the header deadline does not apply to it.
@@ -87,7 +95,7 @@ def test_idle_half_sent_and_slow_connections_are_closed(api, make_user, token_fo
             assert body["error"]["code"] == "REQUEST_TIMEOUT"
         assert second_half.received.startswith(b"HTTP/1.1 200")
         # The server still serves everyone else.
-        fresh = Peer(api.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        fresh = Peer(api.port, HEALTH + HOST + b"Connection: close\r\n\r\n")
         peers.append(fresh)
         wait_until(fresh.poll, HANG_GUARD, "a fresh request answered")
         assert fresh.received.startswith(b"HTTP/1.1 200")
@@ -100,7 +108,7 @@ def test_a_body_sent_in_time_in_pieces_is_read_whole(api, make_user):
     """Chunks that together arrive within the bound are one request, answered as usual."""
     user = make_user()
     body = json.dumps({"email": user.email, "password": "password123"}).encode()
-    head = b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     peer = Peer(api.port, head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
     try:
         for i in range(0, len(body), 10):
