@@ -472,3 +472,49 @@ def test_the_first_unknown_email_costs_no_more_than_the_next(settings, engine, m
         body = {"email": "nobody@example.com", "password": "password123"}
         assert client.post("/api/auth/login", json=body).status_code == 401
     assert hashes == []
+
+
+def test_the_pending_cap_is_exact_under_parallel_requests(engine, make_user, make_event, auth):
+    """Issue 13: 50 parallel requests of one user against a cap of 20 let 40 through, each
+    intake counting before the others had committed. Two API processes, each batching its
+    requests on two writer threads, now let exactly the cap through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from common.bookings.procedures import DRAIN_LOCK_CLASS
+    from tests.conftest import ApiProcess
+
+    cap = 20
+    user = make_user()
+    events = [make_event(capacity=1_000, max_per_user=10) for _ in range(5)]
+    api = ApiProcess("pending-cap-api", MAX_PENDING_PER_USER=str(cap))
+    api.workers = 2
+    with engine.connect() as hold:
+        # No drain may decide these meanwhile (a decided request frees a place under the cap):
+        # a worker that gets the signal finds the events busy and leaves them pending.
+        for event in events:
+            hold.execute(
+                text("SELECT pg_advisory_lock(:c, :e)"), {"c": DRAIN_LOCK_CLASS, "e": event.id}
+            )
+        api.start()
+        try:
+            with httpx.Client(base_url=api.url, timeout=60) as client:
+
+                def book(n: int) -> int:
+                    body = {"eventId": events[n % len(events)].id, "quantity": 1}
+                    return client.post("/api/bookings", json=body, headers=auth(user)).status_code
+
+                with ThreadPoolExecutor(50) as pool:
+                    statuses = list(pool.map(book, range(50)))
+        finally:
+            api.stop()
+            hold.execute(text("SELECT pg_advisory_unlock_all()"))
+    assert sorted(set(statuses)) == [202, 429]
+    assert statuses.count(202) == cap
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT count(*) FROM bookings WHERE user_id = :u AND status = 'pending'"),
+            {"u": user.id},
+        ).scalar_one()
+    assert stored == cap

@@ -3,7 +3,8 @@ milliseconds are stored by one multi-row statement and one commit.
 
 ``write_batch`` runs the same checks as ``service.INTAKE`` (the user exists, the event exists
 and has not started, the quantity is within the event's limit, the event shows the seats, the
-user's pending cap, ``Idempotency-Key`` replays) for every request of the batch at once, and
+user's pending cap, exact across batches and processes by ``service.lock_pending_counts``,
+``Idempotency-Key`` replays) for every request of the batch at once, and
 answers each one with what ``service.request_booking`` would have: its booking or its domain
 error. Signals go out after the commit, one per event per batch, not one per request.
 
@@ -60,19 +61,28 @@ WITH req AS (
     FROM req r
     LEFT JOIN users u ON u.id = r.r_user
     LEFT JOIN events e ON e.id = r.r_event
+), counted AS (
+    -- A user's earlier requests in this batch that pass the other checks count towards their
+    -- pending cap too: the statement's own inserts are not visible to its subqueries.
+    SELECT f.*, f.pending + coalesce(count(*) FILTER (
+               WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL
+                 AND f.verdict = 'confirmed') OVER (
+               PARTITION BY f.r_user ORDER BY f.ord
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS in_flight
+    FROM facts f
 ), ins AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT f.r_booking, f.known_user, f.known_event, f.r_quantity, f.r_key, f.r_hash
-    FROM facts f
+    FROM counted f
     WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL AND f.verdict = 'confirmed'
-      AND f.pending < :max_pending
+      AND f.in_flight < :max_pending
     ORDER BY f.ord
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 SELECT f.ord, f.known_user, f.known_event, f.verdict, f.max_seats_per_user, f.available_seats,
-       f.event_version, f.starts_at, f.pending, ins.*
-FROM facts f LEFT JOIN ins ON ins.booking_id = f.r_booking
+       f.event_version, f.starts_at, f.in_flight AS pending, ins.*
+FROM counted f LEFT JOIN ins ON ins.booking_id = f.r_booking
 ORDER BY f.ord
 """
 ).bindparams(
@@ -134,6 +144,8 @@ def _write_together(
     events: dict[int, None] = {}
     facts: dict[int, EventFacts] = {}
     with session_scope(factory) as session:
+        if max_pending is not None:
+            service.lock_pending_counts(session, (r.user_id for r in requests))
         rows = (
             session.execute(
                 INTAKE_BATCH,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -83,6 +83,20 @@ GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
 }
 BOOKING_COLUMNS = [column.key for column in Booking.__table__.columns]
 NO_PENDING_CAP = 2**31 - 1
+# The advisory lock class ('EBSP') that serialises one user's intakes while the pending cap is
+# counted, so racing requests cannot all see the same count (process_event_queue's is 'EBSD').
+PENDING_LOCK_CLASS = 1162957648
+LOCK_USERS = text(
+    "SELECT count(pg_advisory_xact_lock(:lock_class, u)) FROM unnest(CAST(:user_ids AS int[])) u"
+)
+
+
+def lock_pending_counts(session: Session, user_ids: Iterable[int]) -> None:
+    """Hold each user's pending-cap lock until the transaction ends: the count intake reads is
+    then the count it commits against. In id order, so two batches never wait on each other in
+    a circle."""
+    ids = sorted({u for u in user_ids if 0 < u <= NO_PENDING_CAP})  # no user has any other id
+    session.execute(LOCK_USERS, {"lock_class": PENDING_LOCK_CLASS, "user_ids": ids})
 
 
 def request_booking(
@@ -99,16 +113,18 @@ def request_booking(
 
     Only what is cheap is checked here: the user (a token of a deleted user is refused), the
     event exists and has not started, the quantity is allowed, the user has fewer than
-    ``max_pending`` undecided requests (429; a soft cap, racing requests of one user may pass
-    it by a few), and the event shows at least as many seats left as asked for: otherwise 409
-    SOLD_OUT at once and nothing is stored, since bookings still queued can only take seats
-    away (seats a queued cancellation frees go to later requests). Whether the seats are
-    really there, the per-user limit and the start time are then decided by the worker in
+    ``max_pending`` undecided requests (429; exact: the user's intakes take turns while it is
+    counted, ``lock_pending_counts``), and the event shows at least as many seats left as asked
+    for: otherwise 409 SOLD_OUT at once and nothing is stored, since bookings still queued can
+    only take seats away (seats a queued cancellation frees go to later requests). Whether the
+    seats are really there, the per-user limit and the start time are then decided by the worker in
     arrival order. ``booking_id`` lets the caller listen for the decision before the row
     exists. A retry with the same ``Idempotency-Key`` gets the booking its first request
     created.
     """
     fingerprint = request_hash(data)
+    if max_pending is not None:
+        lock_pending_counts(session, [user_id])
     try:
         row = (
             session.execute(
