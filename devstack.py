@@ -271,6 +271,15 @@ class RedisServer:
         wait_until(up, 30, "private redis")
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections are still accepted, nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
