@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 HANG = 60  # seconds: a client that waits this long has met a hang, not a bound
 SETTLE = 120
+REPLY_GIVEN_UP = "PostgreSQL did not answer"  # common/db.py's OperationalError
 
 # Short bounds, so the outages are felt within seconds (the defaults are in docs/configuration.md).
 BOUNDS = {
@@ -94,16 +95,15 @@ def make_stack(request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]
     servers: list[RedisServer] = []
     tag = request.node.name.removeprefix("test_")[:24]
 
-    def make(database_url: str, engine: Engine, *, worker: bool = True) -> Stack:
+    def make(database_url: str, engine: Engine) -> Stack:
         redis_server = RedisServer().start()
         servers.append(redis_server)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url, **BOUNDS}
-        procs: list[Any] = [ApiProcess(f"outage-{tag}-api", **env)]
-        if worker:
-            procs += [
-                WorkerProcess(f"outage-{tag}-worker", **env),  # type: ignore[arg-type]
-                BeatProcess(f"outage-{tag}-beat", **env),
-            ]
+        procs: list[Any] = [
+            ApiProcess(f"outage-{tag}-api", **env),
+            WorkerProcess(f"outage-{tag}-worker", **env),  # type: ignore[arg-type]
+            BeatProcess(f"outage-{tag}-beat", **env),
+        ]
         started.extend(procs)
         with ThreadPoolExecutor(3) as pool:
             list(pool.map(lambda proc: proc.start(), procs))
@@ -155,6 +155,11 @@ def bookings(engine: Engine, event_id: int) -> dict[str, str]:
     return {key: status for key, status in rows}  # noqa: C416 (rows are not pairs to mypy)
 
 
+def decided(engine: Engine, event_id: int) -> bool:
+    statuses = set(bookings(engine, event_id).values())
+    return bool(statuses) and "pending" not in statuses
+
+
 def assert_unavailable(response: httpx.Response, *down: str) -> None:
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
@@ -171,9 +176,11 @@ def test_a_frozen_postgres_answers_503_and_recovers(
     postgres: PostgresServer, private_database, make_stack, settings: Settings
 ) -> None:
     url, engine = private_database
-    stack = make_stack(url, engine, worker=False)
+    stack = make_stack(url, engine)
+    worker = stack.procs[1]
     stack.event_id, tokens = seed(engine, settings, users=8)
-    assert stack.book(tokens[0], "before").status_code == 202  # a pooled, open connection
+    assert stack.book(tokens[0], "before").status_code == 202  # API and worker: open connections
+    wait_until(lambda: decided(engine, stack.event_id), SETTLE, "the first booking decided")
 
     postgres.freeze()
     try:
@@ -184,17 +191,24 @@ def test_a_frozen_postgres_answers_503_and_recovers(
         for response in frozen:
             assert_unavailable(response)
         assert_unavailable(stack.health(), "postgres")
+        # The worker's tasks (the sweeper's, each second) give up too, rather than hang until
+        # Celery's hard time limit kills the child.
+        wait_until(lambda: REPLY_GIVEN_UP in worker.log.read_text(), HANG, "the worker to give up")
     finally:
         postgres.thaw()
 
     wait_until(lambda: stack.health().status_code == 200, HANG, "health after thaw")
-    # Nothing half-written: the refused requests stored nothing; their retries are stored once.
-    assert bookings(engine, stack.event_id) == {"before": "pending"}
+    # Nothing half-written: the refused requests stored nothing; their retries are stored once
+    # and decided by the same worker, which needed no restart.
+    assert list(bookings(engine, stack.event_id)) == ["before"]
     for n in range(8):
         assert stack.book(tokens[n], f"frozen-{n}").status_code == 202
+    wait_until(lambda: decided(engine, stack.event_id), SETTLE, "the retried bookings decided")
     assert sorted(bookings(engine, stack.event_id)) == sorted(
         ["before", *(f"frozen-{n}" for n in range(8))]
     )
+    assert set(bookings(engine, stack.event_id).values()) == {"confirmed"}
+    assert worker.running
 
 
 # ---------------------------------------------------------------- Redis frozen
