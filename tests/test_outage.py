@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
@@ -209,6 +210,14 @@ def test_a_frozen_postgres_answers_503_and_recovers(
     )
     assert set(bookings(engine, stack.event_id).values()) == {"confirmed"}
     assert worker.running
+
+
+def test_the_reply_bound_must_outlast_the_statement_timeout() -> None:
+    # Else the client would drop a statement the server is still allowed to run, its outcome
+    # unknown to the request.
+    with pytest.raises(ValidationError, match="DB_REPLY_TIMEOUT"):
+        Settings(DB_STATEMENT_TIMEOUT=30, DB_REPLY_TIMEOUT=30)
+    assert Settings(DB_STATEMENT_TIMEOUT=0, DB_REPLY_TIMEOUT=5).DB_REPLY_TIMEOUT == 5
 
 
 # ---------------------------------------------------------------- Redis frozen
