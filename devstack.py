@@ -17,6 +17,7 @@ and the caller's guards (the tests' forced settings, the benchmark's ``check_tar
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -270,6 +271,15 @@ class RedisServer:
         wait_until(up, 30, "private redis")
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections are still accepted, nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -307,3 +317,131 @@ class RabbitVhost:
 
     def close(self) -> None:
         self._ctl("delete_vhost", self.name, check=False)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb into a temporary directory, trust authentication)
+    listening on ``host:port`` and on a socket in its own directory, so stopping, freezing or
+    restarting it touches nobody else's database.
+
+    PostgreSQL refuses to run as root: when this process is root, its commands run as the
+    ``owner`` OS user (``runuser``). The server runs in its own process group, so ``freeze``
+    (SIGSTOP) stops the postmaster and every backend at once: connections stay open and
+    accepted, and nothing answers, as on a hung host. ``close`` always leaves nothing behind.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, owner: str = "postgres"):
+        self.host = host
+        self.port = port or free_port()
+        self.owner = owner
+        self.dir = Path(tempfile.mkdtemp(prefix="ebs-pg-"))
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "sockets"
+        self.log = self.dir / "postgres.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._initialised = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
+
+    def _run_as(self) -> dict[str, Any]:
+        """Popen arguments that run a command as ``owner`` when this process is root. Not
+        ``runuser``: it stays as the parent and, like su, stops itself when its child is
+        stopped, so a frozen server's parent would never reap it."""
+        if os.geteuid() != 0:
+            return {}
+        return {"user": self.owner, "group": pwd.getpwnam(self.owner).pw_gid, "extra_groups": []}
+
+    def _run(self, *argv: str) -> None:
+        binary = shutil.which(argv[0]) or argv[0]
+        subprocess.run([binary, *argv[1:]], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, **self._run_as())  # fmt: skip
+
+    def _initdb(self) -> None:
+        self.sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.owner)
+            shutil.chown(self.sockets, self.owner)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
+                  "-E", "UTF8")  # fmt: skip
+        self._initialised = True
+
+    def start(self) -> Self:
+        """Start (initdb on first start) and wait until it takes connections."""
+        if not self._initialised:
+            self._initdb()
+        argv = [shutil.which("postgres") or "postgres", "-D", str(self.data), "-p", str(self.port),
+                "-k", str(self.sockets), "-c", f"listen_addresses={self.host}",
+                "-c", "fsync=off", "-c", "max_connections=200"]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, **self._run_as())  # fmt: skip
+
+        def up() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"private postgres exited; see {self.log}")
+            probe = create_engine(self.url(), connect_args={"connect_timeout": 2})
+            try:
+                with probe.connect() as conn:
+                    return conn.execute(text("SELECT 1")).scalar() == 1
+            except Exception:
+                return False
+            finally:
+                probe.dispose()
+
+        wait_until(up, 60, "private postgres")
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A database built by the migrations; returns its URL."""
+        url = self.url(name)
+        recreate_database(url)
+        upgrade_database(url)
+        return url
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children. Each backend is its own process group (PostgreSQL
+        calls setsid in every child), so they are found by parent, not signalled by group."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):  # not running
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the server (the postmaster first, so it forks nothing meanwhile)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            for pid in reversed(self._processes()):
+                os.kill(pid, signal.SIGCONT)
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m <mode>``: ``fast`` ends every session, as an operator's restart does."""
+        if self.proc is None:
+            return
+        self.thaw()
+        try:
+            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w")
+            self.proc.wait(30)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            for pid in self._processes():
+                os.kill(pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

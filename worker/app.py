@@ -18,7 +18,7 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.db import build_engine, build_sessionmaker
+from common.db import bound_waits, build_engine, build_sessionmaker
 from common.logs import configure_logging
 from common.redis_client import build_redis
 from common.settings import Settings, get_settings
@@ -50,6 +50,7 @@ def resources() -> Resources:
         # No ping per checkout (a round trip per batch): a dead connection raises
         # OperationalError, which the tasks retry, and the pool then replaces it.
         engine = build_engine(settings, pool_size=2, max_overflow=2, pool_pre_ping=False)
+        bound_waits(settings)  # a frozen database fails the task (retried), never hangs it
         _resources = Resources(
             pid=os.getpid(),
             settings=settings,
