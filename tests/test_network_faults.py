@@ -556,7 +556,10 @@ def test_multi_host_sale_loses_an_api_host_and_a_worker_host(cluster, flash_sale
     wait_answered(flash.sale, flash.sale.requests // 3)
     with BatchHold(c.engine, flash.sale.events[0]) as hold:
         backend, _ = hold.stuck_batch()
-        c.workers[c.worker_of(backend)].stop(signal.SIGKILL)  # that host's worker, mid-batch
+        # That worker's host drops off the network for good, mid-batch (power lost, say):
+        # no FIN, no RST; its processes run on, unreachable. The API host is killed outright.
+        for wire in c.worker_hosts[c.worker_of(backend)].links.values():
+            wire.cut()
         c.apis[1].stop(signal.SIGKILL)
     assert_settled(flash)
     assert flash.sale.switched_host > 0, "no client had to move to the other API host"
