@@ -468,11 +468,16 @@ def wait_answered(sale: Sale, count: int) -> None:
 # ---------------------------------------------------------------- the scenarios
 
 
-def test_worker_cut_from_postgres_mid_batch(cluster, flash_sale):
+def one_api_one_worker(cluster: Callable[..., Cluster]) -> Cluster:
     c = cluster(peers=["api1", "worker1"])
     c.api(c.hosts["api1"])
     c.worker(c.hosts["worker1"])
     c.start()
+    return c
+
+
+def test_worker_cut_from_postgres_mid_batch(cluster, flash_sale):
+    c = one_api_one_worker(cluster)
     flash = flash_sale(c)
     wire = c.db.links["worker1"]
     with BatchHold(c.engine, flash.sale.events[0]) as hold:
@@ -487,10 +492,7 @@ def test_worker_cut_from_postgres_mid_batch(cluster, flash_sale):
 
 
 def test_api_cut_from_redis_while_clients_wait(cluster, flash_sale):
-    c = cluster(peers=["api1", "worker1"])
-    c.api(c.hosts["api1"])
-    c.worker(c.hosts["worker1"])
-    c.start()
+    c = one_api_one_worker(cluster)
     flash = flash_sale(c, prefer_wait=10)
     wait_answered(flash.sale, 30)  # every client has a request in flight, waiting
     wire = c.redis_host.links["api1"]
@@ -501,17 +503,14 @@ def test_api_cut_from_redis_while_clients_wait(cluster, flash_sale):
 
 
 def test_worker_host_partitioned_for_30_seconds(cluster, flash_sale):
-    c = cluster(peers=["api1", "worker1"])
-    c.api(c.hosts["api1"])
-    c.worker(c.hosts["worker1"])
-    c.start()
+    c = one_api_one_worker(cluster)
     flash = flash_sale(c)
     wires = list(c.hosts["worker1"].links.values())
     with BatchHold(c.engine, flash.sale.events[0]) as hold:
         hold.stuck_batch()
         for wire in wires:
             wire.cut()
-    time.sleep(30)  # the figure: a partition long enough to outlast every retry
+    time.sleep(30)  # the figure; longer than the worker's keepalives wait (25 s)
     for wire in wires:
         wire.heal()
     assert_settled(flash)
