@@ -88,7 +88,12 @@ def upgrade_database(url: str) -> None:
 
 class ManagedProcess:
     """A real child process (its own process group) logging to ``log_dir/<name>.log``; stopped
-    by its own pid or process group only, never by name."""
+    by its own pid or process group only, never by name.
+
+    ``wrap`` goes before the command line: ``netns_exec(ns)`` runs the child on another
+    (network-namespace) host. It must exec, not fork, so the child's pid is the server's."""
+
+    wrap: tuple[str, ...] = ()
 
     def __init__(self, name: str, log_dir: Path) -> None:
         self.name = name
@@ -100,7 +105,7 @@ class ManagedProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logfile = self.log.open("wb")
         self.proc = subprocess.Popen(
-            argv,
+            [*self.wrap, *argv],
             cwd=ROOT,
             env=env,
             stdout=self._logfile,
@@ -206,8 +211,10 @@ class ApiProcess(ManagedProcess):
         *,
         workers: int | None = None,
         access_log: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(name, log_dir)
+        self.host = host
         self.port = free_port()
         self.env = env
         self.workers = workers
@@ -215,16 +222,16 @@ class ApiProcess(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     def start(self) -> Self:
         import httpx
 
-        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
+        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
@@ -246,24 +253,31 @@ class RedisServer:
     """A private redis-server on a free port that keeps nothing on disk, so a restart loses
     everything, and killing it touches nobody else's Redis."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, bind: str | None = None, wrap: tuple[str, ...] = ()
+    ) -> None:
+        """``host``: the address the test reaches it at; ``bind``: the addresses it listens on
+        (``host`` by default); ``wrap``: see ManagedProcess."""
+        self.host, self.bind, self.wrap = host, bind or host, wrap
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ebs-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> Self:
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        server = shutil.which("redis-server") or "redis-server"
+        argv = [*self.wrap, server, "--port", str(self.port),
+                "--bind", *self.bind.split(), "--protected-mode", "no", "--save", "",
+                "--appendonly", "no",
                 "--dir", self.dir, "--logfile", ""]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up() -> bool:
             try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                with redis.Redis(self.host, self.port, socket_timeout=1) as client:
                     return bool(client.ping())
             except redis.RedisError:
                 return False
@@ -445,3 +459,59 @@ class PostgresServer:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NamespacedPostgres(ManagedProcess):
+    """A private PostgreSQL cluster in a temporary directory, run as the ``postgres`` OS user
+    (the server refuses root), trusting the addresses in ``trust`` (a CIDR). ``template`` copies
+    an already built data directory instead of running initdb again: ``build`` makes one."""
+
+    USER = "postgres"
+
+    def __init__(
+        self, name: str, log_dir: Path, *, listen: str, trust: str, port: int = 5432
+    ) -> None:
+        super().__init__(name, log_dir)
+        self.listen, self.trust, self.port = listen, trust, port
+        self.dir = Path(tempfile.mkdtemp(prefix="ebs-pg-"))
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "sockets"
+
+    def _as_postgres(self, *argv: str) -> list[str]:
+        # setpriv execs (runuser forks), so the pid we hold is the postmaster itself.
+        return ["setpriv", f"--reuid={self.USER}", f"--regid={self.USER}", "--init-groups", *argv]
+
+    def initdb(self, template: Path | None = None) -> Self:
+        self.sockets.mkdir()
+        if template is not None:
+            shutil.copytree(template, self.data, symlinks=True)
+        else:
+            shutil.chown(self.dir, self.USER, self.USER)
+            argv = ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"]
+            subprocess.run(self._as_postgres(*argv), check=True, capture_output=True)
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.trust} trust\n")
+        subprocess.run(["chown", "-R", f"{self.USER}:{self.USER}", str(self.dir)], check=True)
+        return self
+
+    def start(self) -> Self:
+        self.spawn(
+            self._as_postgres(
+                "postgres", "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
+                "-c", f"listen_addresses={self.listen}", "-c", "fsync=off",
+                "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                "-c", "max_connections=300",
+            ),
+            dict(os.environ),
+        )  # fmt: skip
+        ready = b"database system is ready to accept connections"
+        self.wait_for(lambda: ready in self.log.read_bytes(), 60, f"postgres {self.name}")
+        return self
+
+    def socket_url(self, database: str) -> str:
+        """A URL through the Unix socket, from this (root) namespace, whatever the network."""
+        return f"postgresql+psycopg2://postgres@/{database}?host={self.sockets}&port={self.port}"
+
+    def close(self) -> None:
+        self.stop(signal.SIGQUIT)  # immediate shutdown: the directory goes next
+        shutil.rmtree(self.dir, ignore_errors=True)
