@@ -16,8 +16,8 @@ and the caller's guards (the tests' forced settings, the benchmark's ``check_tar
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -333,68 +333,90 @@ class RabbitVhost:
         self._ctl("delete_vhost", self.name, check=False)
 
 
-class PostgresServer:
-    """A private PostgreSQL cluster (initdb into a temporary directory, trust authentication)
-    listening on ``host:port`` and on a socket in its own directory, so stopping, freezing or
-    restarting it touches nobody else's database.
+class PostgresServer(ManagedProcess):
+    """A private PostgreSQL cluster in a temporary directory (trust authentication), so
+    stopping, freezing or restarting it touches nobody else's database.
+
+    It listens on ``listen`` (``host`` by default; ``""``: the socket only) at ``port`` and on a
+    socket in its own directory; ``url`` reaches it over TCP at ``host``, ``socket_url`` through
+    the socket, which works from this (root) namespace whatever ``wrap`` and the network do.
+    ``trust`` (a CIDR) is added to pg_hba.conf for clients on other hosts. ``initdb(template)``
+    copies an already built data directory instead of running initdb again.
 
     PostgreSQL refuses to run as root: when this process is root, its commands run as the
-    ``owner`` OS user (``runuser``). The server runs in its own process group, so ``freeze``
-    (SIGSTOP) stops the postmaster and every backend at once: connections stay open and
+    ``owner`` OS user through ``setpriv``, which execs. Not ``runuser`` or ``su``: they stay as
+    the parent and stop themselves when their child is stopped, so a frozen server's parent
+    would never reap it. Exec'ing (``wrap`` execs too) also makes the pid held the postmaster's.
+
+    ``freeze`` (SIGSTOP) stops the postmaster and every backend: connections stay open and
     accepted, and nothing answers, as on a hung host. ``close`` always leaves nothing behind.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, owner: str = "postgres"):
-        self.host = host
-        self.port = port or free_port()
-        self.owner = owner
+    def __init__(
+        self,
+        name: str = "postgres",
+        log_dir: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        listen: str | None = None,
+        port: int | None = None,
+        trust: str | None = None,
+        owner: str = "postgres",
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ebs-pg-"))
+        super().__init__(name, log_dir or self.dir)
+        self.host, self.port, self.trust, self.owner = host, port or free_port(), trust, owner
+        self.listen = host if listen is None else listen
         self.data = self.dir / "data"
         self.sockets = self.dir / "sockets"
-        self.log = self.dir / "postgres.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._initialised = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
 
-    def _run_as(self) -> dict[str, Any]:
-        """Popen arguments that run a command as ``owner`` when this process is root. Not
-        ``runuser``: it stays as the parent and, like su, stops itself when its child is
-        stopped, so a frozen server's parent would never reap it."""
-        if os.geteuid() != 0:
-            return {}
-        return {"user": self.owner, "group": pwd.getpwnam(self.owner).pw_gid, "extra_groups": []}
+    def socket_url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@/{database}?host={self.sockets}&port={self.port}"
 
-    def _run(self, *argv: str) -> None:
+    def _as_owner(self, *argv: str) -> list[str]:
         binary = shutil.which(argv[0]) or argv[0]
-        subprocess.run([binary, *argv[1:]], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, **self._run_as())  # fmt: skip
+        if os.geteuid() != 0:
+            return [binary, *argv[1:]]
+        user = self.owner
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", binary, *argv[1:]]
 
-    def _initdb(self) -> None:
+    def initdb(self, template: Path | None = None) -> Self:
         self.sockets.mkdir()
         if os.geteuid() == 0:
-            shutil.chown(self.dir, self.owner)
-            shutil.chown(self.sockets, self.owner)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
-                  "-E", "UTF8")  # fmt: skip
-        self._initialised = True
+            shutil.chown(self.dir, self.owner, self.owner)
+        if template is not None:
+            shutil.copytree(template, self.data, symlinks=True)
+        else:
+            argv = ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
+                    "-E", "UTF8"]  # fmt: skip
+            subprocess.run(self._as_owner(*argv), check=True, capture_output=True, cwd=self.dir)
+        hba = self.data / "pg_hba.conf"
+        line = f"host all all {self.trust} trust\n"
+        if self.trust and line not in hba.read_text():
+            with hba.open("a") as conf:
+                conf.write(line)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", f"{self.owner}:{self.owner}", str(self.dir)], check=True)
+        return self
 
     def start(self) -> Self:
         """Start (initdb on first start) and wait until it takes connections."""
-        if not self._initialised:
-            self._initdb()
-        argv = [shutil.which("postgres") or "postgres", "-D", str(self.data), "-p", str(self.port),
-                "-k", str(self.sockets), "-c", f"listen_addresses={self.host}",
-                "-c", "fsync=off", "-c", "max_connections=200"]  # fmt: skip
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, **self._run_as())  # fmt: skip
+        if not self.data.exists():
+            self.initdb()
+        # fsync and full-page writes only guard against an OS crash; commits stay synchronous,
+        # so a server stopped immediately or killed keeps what it acknowledged.
+        argv = self._as_owner(
+            "postgres", "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
+            "-c", f"listen_addresses={self.listen}", "-c", "fsync=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=300",
+        )  # fmt: skip
+        self.spawn(argv, dict(os.environ))
 
         def up() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"private postgres exited; see {self.log}")
-            probe = create_engine(self.url(), connect_args={"connect_timeout": 2})
+            probe = create_engine(self.socket_url(), connect_args={"connect_timeout": 2})
             try:
                 with probe.connect() as conn:
                     return conn.execute(text("SELECT 1")).scalar() == 1
@@ -403,7 +425,7 @@ class PostgresServer:
             finally:
                 probe.dispose()
 
-        wait_until(up, 60, "private postgres")
+        self.wait_for(up, 60, f"postgres {self.name}")
         return self
 
     def create_database(self, name: str) -> str:
@@ -416,10 +438,9 @@ class PostgresServer:
     def _processes(self) -> list[int]:
         """The postmaster and its children. Each backend is its own process group (PostgreSQL
         calls setsid in every child), so they are found by parent, not signalled by group."""
-        try:
-            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, IndexError, ValueError):  # not running
+        if self.proc is None or self.proc.poll() is not None:
             return []
+        postmaster = self.proc.pid
         children = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -430,88 +451,38 @@ class PostgresServer:
                 children.append(int(stat.parent.name))
         return [postmaster, *children]
 
+    def _signal(self, sig: int, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, sig)
+
     def freeze(self) -> None:
         """SIGSTOP the server (the postmaster first, so it forks nothing meanwhile)."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP, self._processes())
 
     def thaw(self) -> None:
-        if self.proc is not None:
-            for pid in reversed(self._processes()):
-                os.kill(pid, signal.SIGCONT)
+        self._signal(signal.SIGCONT, self._processes()[::-1])
 
-    def stop(self, mode: str = "fast") -> None:
-        """``pg_ctl stop -m <mode>``: ``fast`` ends every session, as an operator's restart does."""
+    def stop(self, sig: int | None = signal.SIGINT) -> None:
+        """Shut down by the postmaster's signal (what ``pg_ctl stop -m`` sends): SIGTERM smart,
+        SIGINT fast (ends every session, as an operator's restart does; the default), SIGQUIT
+        immediate. SIGKILL, or a shutdown that does not end, kills every server process."""
         if self.proc is None:
             return
         self.thaw()
-        try:
-            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w")
-            self.proc.wait(30)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            for pid in self._processes():
-                os.kill(pid, signal.SIGKILL)
+        if sig != signal.SIGKILL:
+            self.proc.send_signal(signal.SIGINT if sig is None else sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL, self._processes())
             self.proc.wait(10)
         self.proc = None
+        if self._logfile is not None:
+            self._logfile.close()
 
     def close(self) -> None:
         try:
-            self.stop("immediate")
+            self.stop(signal.SIGQUIT)  # immediate shutdown: the directory goes next
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class NamespacedPostgres(ManagedProcess):
-    """A private PostgreSQL cluster in a temporary directory, run as the ``postgres`` OS user
-    (the server refuses root), trusting the addresses in ``trust`` (a CIDR). ``template`` copies
-    an already built data directory instead of running initdb again: ``build`` makes one."""
-
-    USER = "postgres"
-
-    def __init__(
-        self, name: str, log_dir: Path, *, listen: str, trust: str, port: int = 5432
-    ) -> None:
-        super().__init__(name, log_dir)
-        self.listen, self.trust, self.port = listen, trust, port
-        self.dir = Path(tempfile.mkdtemp(prefix="ebs-pg-"))
-        self.data = self.dir / "data"
-        self.sockets = self.dir / "sockets"
-
-    def _as_postgres(self, *argv: str) -> list[str]:
-        # setpriv execs (runuser forks), so the pid we hold is the postmaster itself.
-        return ["setpriv", f"--reuid={self.USER}", f"--regid={self.USER}", "--init-groups", *argv]
-
-    def initdb(self, template: Path | None = None) -> Self:
-        self.sockets.mkdir()
-        if template is not None:
-            shutil.copytree(template, self.data, symlinks=True)
-        else:
-            shutil.chown(self.dir, self.USER, self.USER)
-            argv = ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"]
-            subprocess.run(self._as_postgres(*argv), check=True, capture_output=True)
-            with (self.data / "pg_hba.conf").open("a") as hba:
-                hba.write(f"host all all {self.trust} trust\n")
-        subprocess.run(["chown", "-R", f"{self.USER}:{self.USER}", str(self.dir)], check=True)
-        return self
-
-    def start(self) -> Self:
-        self.spawn(
-            self._as_postgres(
-                "postgres", "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
-                "-c", f"listen_addresses={self.listen}", "-c", "fsync=off",
-                "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                "-c", "max_connections=300",
-            ),
-            dict(os.environ),
-        )  # fmt: skip
-        ready = b"database system is ready to accept connections"
-        self.wait_for(lambda: ready in self.log.read_bytes(), 60, f"postgres {self.name}")
-        return self
-
-    def socket_url(self, database: str) -> str:
-        """A URL through the Unix socket, from this (root) namespace, whatever the network."""
-        return f"postgresql+psycopg2://postgres@/{database}?host={self.sockets}&port={self.port}"
-
-    def close(self) -> None:
-        self.stop(signal.SIGQUIT)  # immediate shutdown: the directory goes next
-        shutil.rmtree(self.dir, ignore_errors=True)

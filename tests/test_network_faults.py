@@ -47,7 +47,7 @@ from common.security import create_access_token, hash_password
 from common.settings import Settings
 from common.users.models import User
 from devstack import (
-    NamespacedPostgres,
+    PostgresServer,
     RedisServer,
     recreate_database,
     upgrade_database,
@@ -80,7 +80,7 @@ def network_ok() -> None:
 @pytest.fixture(scope="module")
 def pg_template(network_ok: None) -> Iterator[Path]:
     """A data directory with the schema migrated, built once; each test's server copies it."""
-    server = NamespacedPostgres("net-template-pg", RUN_DIR, listen="", trust="10.231.0.0/16")
+    server = PostgresServer("net-template-pg", RUN_DIR, listen="", trust="10.231.0.0/16")
     try:
         server.initdb().start()
         url = server.socket_url(DATABASE)
@@ -101,7 +101,7 @@ class Cluster:
     logs: Path
     db: Host
     redis_host: Host
-    pg: NamespacedPostgres
+    pg: PostgresServer
     redis: RedisServer
     engine: Engine
     apis: list[devstack.ApiProcess] = field(default_factory=list)
@@ -206,7 +206,7 @@ def cluster(
             if not shared:
                 network.link(host, redis_host)
         db_addresses = [link.address(db) for link in db.links.values()]
-        pg = NamespacedPostgres(
+        pg = PostgresServer(
             "db-postgres",
             logs,
             listen=",".join(["127.0.0.1", *db_addresses]),

@@ -9,6 +9,7 @@ nothing asserts on elapsed time.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -269,7 +270,7 @@ def test_postgres_stopped_and_restarted_during_a_sale(
         wait_until(lambda: sale.watcher and sale.watcher.connections, HANG, "the live page")
         sale.start()
         wait_until(lambda: len(bookings(engine, stack.event_id)) >= 40, SETTLE, "sale under way")
-        postgres.stop("fast")
+        postgres.stop(signal.SIGINT)  # a fast shutdown, as an operator's restart
         wait_until(lambda: sale.server_errors, SETTLE, "requests refused while it is down")
         postgres.start()
         assert_sale_settled(engine, sale)
