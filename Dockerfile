@@ -40,4 +40,4 @@ WORKDIR /app
 USER 10001:10001
 # The API's port (the original image exposed 3000 while the server listened elsewhere).
 EXPOSE 8000
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30"]
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30", "--http", "api.protocol:HttpProtocol"]

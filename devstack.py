@@ -37,6 +37,8 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+# uvicorn's httptools protocol with a deadline for request headers (api/protocol.py).
+HTTP_PROTOCOL = "api.protocol:HttpProtocol"
 
 
 def free_port() -> int:
@@ -232,7 +234,8 @@ class ApiProcess(ManagedProcess):
         import httpx
 
         argv = [str(BIN / "uvicorn"), "api.main:app", "--host", self.host,
-                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+                "--port", str(self.port), "--log-level", "warning",
+                "--http", HTTP_PROTOCOL]  # fmt: skip
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
         if not self.access_log:

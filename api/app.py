@@ -13,7 +13,7 @@ from celery import Celery
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api import errors, metrics
+from api import errors, fastpath, metrics
 from api.hub import STOP_TIMEOUT, Hub, within
 from api.middleware import (
     AllowedHostsMiddleware,
@@ -86,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
     state.hub.add_listener(partial(dispatch, state.realtime))
+    fastpath.start(state)
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
     try:
@@ -93,6 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         await close_all(state.realtime)
+        fastpath.stop(state)
         await state.hub.stop()
         # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
@@ -103,7 +105,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(
+    app = fastpath.App(
+        lean=settings.LEAN_PATH,
         title="Event Booking System",
         version="0.1.0",
         description=(
@@ -129,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
         expose_headers=["Location", "Preference-Applied", "X-Request-ID", "Retry-After"],
     )
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(BodyLimitMiddleware, body_timeout=settings.HTTP_BODY_TIMEOUT)
     app.add_middleware(AllowedHostsMiddleware, allowed=settings.ALLOWED_HOSTS)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).

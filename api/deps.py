@@ -23,11 +23,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.hub import Hub
 from api.realtime.connections import ConnectionManager
+from api.seats import SeatSnapshots
+from common.bookings.intake import IntakeWriter
 from common.bookings.service import Signal
 from common.db import session_scope
 from common.errors import Unauthorized
-from common.security import decode_access_token
 from common.settings import Settings
+from common.tokens import token_cache
 from common.users import service as users_service
 from common.users.models import User
 
@@ -59,6 +61,9 @@ HubDep = Annotated[Hub, Depends(app_state("hub"))]
 # At most BCRYPT_CONCURRENCY password hashes at once in this process (api/routes/auth.py).
 BcryptLimiterDep = Annotated[anyio.CapacityLimiter, Depends(app_state("bcrypt_limiter"))]
 RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]
+# Built by api.fastpath.start: intake's group-commit writer and the events' seat snapshots.
+IntakeDep = Annotated[IntakeWriter, Depends(app_state("intake"))]
+SeatsDep = Annotated[SeatSnapshots, Depends(app_state("seats"))]
 
 
 def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
@@ -76,7 +81,7 @@ async def token_user_id(
 ) -> int:
     if credentials is None:
         raise Unauthorized()
-    return decode_access_token(credentials.credentials, settings)
+    return token_cache(settings).user_id(credentials.credentials)
 
 
 TokenUserId = Annotated[int, Depends(token_user_id)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from common.channels import control_channel, events_pattern, parse_channel, users_pattern
+from common.channels import control_channel, decisions_channel, events_pattern, parse_channel
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class Hub:
         while not self._stopping:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(events_pattern(), users_pattern())
-                await pubsub.subscribe(control_channel())
+                await pubsub.psubscribe(events_pattern())
+                await pubsub.subscribe(control_channel(), decisions_channel())
                 self.connected.set()
                 if not first:
                     self.reconnects += 1
@@ -123,20 +123,26 @@ class Hub:
                 await close_pubsub(pubsub)
 
     async def _dispatch(self, channel: str, raw: str) -> None:
-        parsed = parse_channel(channel)
-        if parsed is None:
+        decisions = channel == decisions_channel()
+        parsed = None if decisions else parse_channel(channel)
+        if parsed is None and not decisions:
             return
         try:
             message = json.loads(raw)
         except ValueError:
             logger.warning("dropping malformed message on %s", channel)
             return
-        kind, ident = parsed
-        if kind == "user" and message.get("type") == "booking_status":
-            booking_id = message.get("data", {}).get("bookingId")
-            for future in self._waiters.get(booking_id, ()):
-                if not future.done():
-                    future.set_result(message["data"])
+        if decisions:
+            # A batch's decisions: each to its waiters and, as booking_status, to its owner.
+            for status in message.get("data", {}).get("decisions", ()):
+                user_id = status.pop("userId", None)
+                for future in self._waiters.get(status.get("bookingId"), ()):
+                    if not future.done():
+                        future.set_result(status)
+                if isinstance(user_id, int):
+                    await self._notify("user", user_id, {"type": "booking_status", "data": status})
+            return
+        kind, ident = parsed  # type: ignore[misc]
         await self._notify(kind, ident, message)
 
     async def _notify(self, kind: str, ident: int, message: dict[str, Any]) -> None:

@@ -5,7 +5,11 @@ from api.middleware import request_id_var
 from common.logs import configure_logging
 from common.settings import get_settings
 
+settings = get_settings()
 configure_logging(
-    get_settings().LOG_LEVEL, service="api", context={"request_id": request_id_var.get}
+    settings.LOG_LEVEL,
+    service="api",
+    context={"request_id": request_id_var.get},
+    access_log=settings.ACCESS_LOG,
 )
 app = create_app()

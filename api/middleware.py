@@ -1,5 +1,5 @@
 """Pure ASGI middleware: a request id on every request (and its 500s), allowed hosts, CORS
-refusals in the envelope and a cap on body size."""
+refusals in the envelope and a cap on body size and time."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import uuid
 from contextvars import ContextVar
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -20,7 +21,7 @@ MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-async def _send_error(send: Send, status: int, body: dict) -> None:
+async def send_error(send: Send, status: int, body: dict) -> None:
     content = json.dumps(body).encode()
     await send(
         {
@@ -34,11 +35,6 @@ async def _send_error(send: Send, status: int, body: dict) -> None:
         }
     )
     await send({"type": "http.response.body", "body": content})
-
-
-async def _send_413(send: Send) -> None:
-    message = f"Request body exceeds {MAX_BODY_BYTES} bytes"
-    await _send_error(send, 413, error_body("PAYLOAD_TOO_LARGE", message))
 
 
 def host_name(host: str) -> str:
@@ -76,7 +72,7 @@ class AllowedHostsMiddleware:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
         else:
-            await _send_error(send, 400, error_body("INVALID_HOST", "Host header not allowed"))
+            await send_error(send, 400, error_body("INVALID_HOST", "Host header not allowed"))
 
 
 class EnvelopeCORSMiddleware(CORSMiddleware):
@@ -94,37 +90,63 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
         return JSONResponse(error_body("CORS_REFUSED", message), status_code=400, headers=keep)
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit, by Content-Length up front or by counting a chunked body."""
+def body_timed_out(seconds: float) -> dict[str, object]:
+    return error_body("REQUEST_TIMEOUT", f"The request body did not arrive within {seconds:g} s")
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit, by Content-Length up front or by counting a chunked body,
+    and bodies not received within ``body_timeout`` seconds of the app asking for them (408).
+
+    The clock starts when the app first reads the body, after the headers (their own deadline
+    is ``api.protocol``'s), and stops once the body is in: a streamed response's wait for the
+    client's disconnect is not bounded.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, body_timeout: float = 30.0
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = f"Request body exceeds {self.max_bytes} bytes"
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await _send_413(send)
+                    await send_error(send, 413, error_body("PAYLOAD_TOO_LARGE", too_large))
                     return
         received = 0
-        started = refused = False
+        started = refused = complete = False
+        deadline: float | None = None
+
+        async def refuse(status: int, error: dict[str, object]) -> Message:
+            # Answer ourselves and tell the app the client went away, whatever it does next.
+            nonlocal refused
+            if not started and not refused:
+                refused = True
+                await send_error(send, status, error)
+            return {"type": "http.disconnect"}
 
         async def limited_receive() -> Message:
-            # A chunked body has no Content-Length: count it, answer 413 ourselves at the
-            # limit and tell the app the client went away, whatever it does with the error.
-            nonlocal received, refused
-            message = await receive()
+            nonlocal received, complete, deadline
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = anyio.current_time() + self.body_timeout
+            with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                return await refuse(408, body_timed_out(self.body_timeout))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    if not started and not refused:
-                        refused = True
-                        await _send_413(send)
-                    return {"type": "http.disconnect"}
+                    return await refuse(413, error_body("PAYLOAD_TOO_LARGE", too_large))
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import floor, report
+from bench.cpu import CpuMeter
 from bench.load import Outcome, Subscribers, _percentiles, run_clients
 from bench.stack import (
     BENCH_JWT_SECRET,
-    CpuMeter,
     Data,
     Stack,
     StackConfig,
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--no-worker", action="store_true", help="a Celery worker on that Redis db is running")
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON, PNG and logs")
     add("--profile", type=Path, default=None, help="py-spy the API and worker into this dir")
+    add("--no-floor", action="store_true", help="skip the HTTP floor (a trivial route)")
+    add("--env", action="append", default=[], metavar="NAME=VALUE",
+        help="a setting for the API and worker, e.g. LEAN_PATH=false (repeatable)")  # fmt: skip
     add("--no-plot", action="store_true")
     add("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -177,7 +180,13 @@ async def run_design(
     await subscribers.start()
     progress = _progress(args.requests, design, args.no_progress)
     started = time.time()
-    with CpuMeter(stack, data) as cpu:
+    with CpuMeter(stack, data, args.database_url) as cpu:
+
+        def split_at_sell_out(outcome: Outcome) -> None:
+            # The first refusal ends the sale's first phase: from here on, mostly refusals.
+            if outcome.reason == "sold_out" and not cpu.marks:
+                cpu.mark()
+
         outcomes = await run_clients(
             stack.url,
             tokens,
@@ -187,6 +196,7 @@ async def run_design(
             wait=args.wait,
             sync=design == "sync",
             progress=progress,
+            on_outcome=split_at_sell_out,
         )
     progress.close()
     # A request still undecided here is waited for by its own client; give the queue a moment.
@@ -208,6 +218,8 @@ async def run_design(
     result["cpuSeconds"] = cpu.seconds
     server = sum(v for k, v in cpu.seconds.items() if k != "client")
     result["serverCpuMsPerRequest"] = round(1000 * server / max(1, len(outcomes)), 3)
+    result["apiCpuMsPerRequest"] = round(1000 * cpu.seconds["api"] / max(1, len(outcomes)), 3)
+    result["cpuPhases"] = cpu.report([o.sent for o in outcomes])
     last = max((o.decided for o in outcomes if o.decided and o.final == "confirmed"), default=None)
     if design == "queued":
         await subscribers.settle(state["version"])
@@ -332,6 +344,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         worker_nice=args.worker_nice,
         reuse_database=args.reuse_database,
         log_dir=args.out / f"logs-{stamp}",
+        extra_env=dict(item.split("=", 1) for item in args.env),
     )
     print(f"preparing {args.database_url} and {args.redis_url}", file=sys.stderr)
     prepare_database(args.database_url, args.reuse_database)
@@ -350,6 +363,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 spies = stack.profile(args.profile / design)
             results[design] = await run_design(design, stack, data, tokens, args)
             _stop_spies(spies)
+        if not args.no_floor:
+            # The same uvicorn and client on a trivial route: the ceiling of any design.
+            http_floor = await floor.measure(
+                config.env(), config.log_dir, args.api_workers, tokens, args.requests,
+                args.clients,
+            )  # fmt: skip
+        else:
+            http_floor = None
         if args.drain_backlog > 0:
             if args.profile:
                 spies = stack.profile(args.profile / "drain")
@@ -376,9 +397,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "batchSize": args.batch_size,
             "wait": args.wait,
             "warmup": args.warmup,
+            "env": args.env,
         },
         "machine": {**before, "loadAverageAfter": [round(x, 2) for x in os.getloadavg()]},
         "designs": results,
+        "httpFloor": http_floor,
         "drain": drain,
     }
     summary["ratios"] = report.ratios(summary)

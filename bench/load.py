@@ -100,8 +100,10 @@ async def run_clients(
     wait: int,
     sync: bool,
     progress: Any,
+    on_outcome: Any = None,
 ) -> list[Outcome]:
-    """``clients`` coroutines share one counter of ``requests``; request i is user i mod U."""
+    """``clients`` coroutines share one counter of ``requests``; request i is user i mod U.
+    ``on_outcome(outcome)`` is called with each request's outcome as it completes."""
     outcomes: list[Outcome | None] = [None] * requests
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=clients, limit_per_host=clients, force_close=False)
@@ -111,9 +113,11 @@ async def run_clients(
 
         async def client() -> None:
             for i in counter:
-                outcomes[i] = await _send(
+                outcome = outcomes[i] = await _send(
                     session, url, tokens[i % len(tokens)], event_id, wait, sync
                 )
+                if on_outcome is not None:
+                    on_outcome(outcome)
                 progress.update(1)
 
         await asyncio.gather(*(client() for _ in range(clients)))

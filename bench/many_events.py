@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter
 from bench.flash_sale import machine
 from bench.stack import (
-    CpuMeter,
     Data,
     Stack,
     StackConfig,
@@ -96,7 +96,7 @@ def run_once(
     sender.config_from_object("celeryconfig")
     sender.conf.broker_url = args.redis_url
     try:
-        with CpuMeter(stack, data) as cpu:
+        with CpuMeter(stack, data, args.database_url) as cpu:
             started = time.perf_counter()
             for event_id in events:
                 sender.send_task(PROCESS_EVENT, args=[event_id], queue=BOOKINGS_QUEUE)

@@ -90,6 +90,10 @@ def table(summary: dict[str, Any]) -> str:
         _ratio(designs, "serverCpuMsPerRequest"),
     )
     row("CPU s by process", lambda d: " ".join(f"{k}:{v}" for k, v in d["cpuSeconds"].items()))
+    row("API CPU ms/request", lambda d: d.get("apiCpuMsPerRequest"))
+    for i, label in enumerate(("before sell-out", "after sell-out")):
+        row(f"  {label} (API / PostgreSQL)", lambda d, i=i: _phase(d, i))
+    row("PostgreSQL sessions opened", lambda d: (d.get("cpuPhases") or {}).get("sessionsOpened"))
     row("WebSocket", lambda d: _ws(d["websocket"]))
 
     labels = ["metric", *names, "ratio"]
@@ -98,6 +102,19 @@ def table(summary: dict[str, Any]) -> str:
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(labels, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))
     lines += [" | ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    http_floor = summary.get("httpFloor")
+    if http_floor:
+        lines.append("")
+        reached = ", ".join(
+            f"{n} {d['decisionsPerSecond'] / http_floor['perSecond']:.0%}"
+            for n, d in designs.items()
+            if d.get("decisionsPerSecond")
+        )
+        lines.append(
+            f"HTTP floor (same uvicorn, trivial route, same client): "
+            f"{http_floor['perSecond']:,.0f} req/s, API CPU {http_floor['cpuMsPerRequest']} "
+            f"ms/request; decisions/s reach {reached} of it"
+        )
     drain = summary.get("drain")
     if drain:
         lines.append("")
@@ -118,6 +135,15 @@ def table(summary: dict[str, Any]) -> str:
             + ", ".join(f"{k}={v}" for k, v in r.items() if not isinstance(v, bool))
         )
     return "\n".join(lines)
+
+
+def _phase(design: dict[str, Any], index: int) -> str | None:
+    phases = (design.get("cpuPhases") or {}).get("phases") or []
+    if index >= len(phases):
+        return None
+    phase = phases[index]
+    ms = phase["msPerRequest"]
+    return f"{ms.get('api')} / {ms.get('postgres')} ms ({phase['requests']:,} requests)"
 
 
 def _ws(ws: dict[str, Any]) -> str:

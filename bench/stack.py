@@ -62,6 +62,7 @@ class StackConfig:
                 "JWT_SECRET": BENCH_JWT_SECRET,
                 "ENABLE_SYNC_BASELINE": "true",
                 "LOG_LEVEL": "WARNING",
+                "ACCESS_LOG": "false",
             }
         )
         if self.pool_size is not None:
@@ -186,69 +187,6 @@ class Data:
             (event_id,),
         )
         return {r[0]: float(r[1]) for r in rows}
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def _descendants(roots: list[int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-class CpuMeter:
-    """CPU seconds spent by each part of the system during a phase: a figure that other
-    people's load on a shared machine barely moves, unlike requests per second."""
-
-    def __init__(self, stack: Stack, data: Data) -> None:
-        self.stack, self.data = stack, data
-        self.start: dict[str, dict[int, float]] = {}
-
-    def _pids(self) -> dict[str, list[int]]:
-        backends = [
-            r[0]
-            for r in self.data.sql(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        ]
-        groups = {
-            p.name: _descendants([p.proc.pid])
-            for p in self.stack.processes
-            if p.proc is not None and p.running
-        }
-        groups["postgres"] = backends
-        groups["client"] = [os.getpid()]
-        return groups
-
-    def __enter__(self) -> CpuMeter:
-        self.start = {g: {p: _cpu_seconds(p) for p in pids} for g, pids in self._pids().items()}
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.seconds = {
-            g: round(sum(_cpu_seconds(p) - self.start.get(g, {}).get(p, 0.0) for p in pids), 2)
-            for g, pids in self._pids().items()
-        }
 
 
 class Stack:

@@ -28,8 +28,10 @@ def events_pattern() -> str:
     return f"{namespace()}:event:*"
 
 
-def users_pattern() -> str:
-    return f"{namespace()}:user:*"
+def decisions_channel() -> str:
+    """Every decision of a committed batch in one message; each API process fans it out to its
+    own waiters and sockets (decoding one message per batch, not one per decision)."""
+    return f"{namespace()}:decisions"
 
 
 def control_channel() -> str:
@@ -39,11 +41,6 @@ def control_channel() -> str:
 def event_channel(event_id: int) -> str:
     """Seat changes and admin changes of one event."""
     return f"{namespace()}:event:{event_id}"
-
-
-def user_channel(user_id: int) -> str:
-    """Decisions on one user's bookings (``booking_status``), for that user's sockets only."""
-    return f"{namespace()}:user:{user_id}"
 
 
 def parse_channel(channel: str) -> tuple[str, int] | None:

@@ -88,6 +88,7 @@ def configure_logging(
     service: str,
     context: Mapping[str, ContextProvider] | None = None,
     stream: Any = None,
+    access_log: bool = True,
 ) -> logging.Handler:
     """Send every logger's records through one JSON handler on the root logger.
 
@@ -108,4 +109,8 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # uvicorn's --no-access-log only removes its own handler; this is the switch (ACCESS_LOG).
+    access = logging.getLogger("uvicorn.access")
+    access.disabled = not access_log
+    access.propagate = access_log  # uvicorn skips formatting the line when nothing listens
     return handler

@@ -97,6 +97,39 @@ class Settings(BaseSettings):
     )
     ENABLE_SYNC_BASELINE: bool = False
 
+    # The API's hot path (docs/configuration.md, "Hot path").
+    ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
+    LEAN_PATH: bool = Field(default=True, description="plain booking requests skip the framework")
+    API_THREADS: int = Field(default=0, ge=0, description="threadpool size; 0 = DB_POOL_SIZE")
+    TOKEN_CACHE_SIZE: int = Field(default=10_000, ge=0, description="verified tokens kept; 0 off")
+    TOKEN_CACHE_TTL: float = Field(
+        default=60.0, ge=0, description="seconds a verified token is trusted without a check"
+    )
+    SEAT_SNAPSHOT_MAX_AGE: float = Field(
+        default=1.0, ge=0, description="seconds a seat snapshot may refuse without a DB read"
+    )
+    INTAKE_BATCH_WINDOW: float = Field(
+        default=0.002, ge=0, le=0.1, description="seconds intake gathers requests per commit"
+    )
+    INTAKE_BATCH_SIZE: int = Field(default=200, ge=1, le=5_000)
+    INTAKE_WRITERS: int = Field(default=2, ge=1, le=32, description="batches in flight at once")
+
+    # `make run` (scripts/run.sh): 0 = one per CPU core.
+    API_WORKERS: int = Field(default=0, ge=0, description="uvicorn worker processes")
+    WORKER_CONCURRENCY: int = Field(default=0, ge=0, description="Celery worker processes")
+
+    # Slow and idle clients (docs/OPERATIONS.md, "Connections").
+    HTTP_HEADER_TIMEOUT: float = Field(
+        default=10.0, gt=0, description="seconds to send a request's headers, else closed"
+    )
+    HTTP_BODY_TIMEOUT: float = Field(
+        default=30.0, gt=0, description="seconds to send a request's body, else 408"
+    )
+    WS_MAX_PER_USER: int = Field(default=10, ge=1, description="open WebSockets per user")
+    WS_COMMANDS_PER_SECOND: int = Field(
+        default=50, ge=1, description="commands per socket per second; twice that closes it"
+    )
+
     @field_validator("CORS_ORIGINS", "ALLOWED_HOSTS", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:

@@ -36,6 +36,9 @@ password = s.FLOWER_PASSWORD.get_secret_value() if s.FLOWER_PASSWORD else (
 print(f"PORT={s.PORT} APP_ENV={s.APP_ENV} LOG_LEVEL={shlex.quote(s.LOG_LEVEL.lower())}")
 print(f"FORWARDED_ALLOW_IPS={shlex.quote(s.FORWARDED_ALLOW_IPS)}")
 print(f"FLOWER_AUTH={shlex.quote(f'{user}:{password}' if user and password else '')}")
+import os
+cores = os.cpu_count() or 1
+print(f"API_WORKERS={s.API_WORKERS or cores} WORKER_CONCURRENCY={s.WORKER_CONCURRENCY or cores}")
 PYEOF
 )"
 if [ -z "$FLOWER_AUTH" ]; then
@@ -57,9 +60,12 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+echo "  $(nproc) cores: $API_WORKERS API processes, worker concurrency $WORKER_CONCURRENCY" \
+  "(API_WORKERS, WORKER_CONCURRENCY override)"
 # uvicorn reads FORWARDED_ALLOW_IPS itself; unset, it would trust X-Forwarded-For from loopback.
 export FORWARDED_ALLOW_IPS
-"$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" &
+"$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" \
+  --workers "$API_WORKERS" --http api.protocol:HttpProtocol &
 pids+=($!)
 # Restart a process that exits on its own: Celery's worker stops for good when Redis drops while
 # it holds unacknowledged tasks (a kombu bug). Nothing is lost meanwhile (requests are in
@@ -85,7 +91,7 @@ supervise() {
   pids+=($!)
 }
 
-supervise worker "$BIN/celery" -A worker.app worker -Q bookings,maintenance --concurrency 2 \
+supervise worker "$BIN/celery" -A worker.app worker -Q bookings,maintenance --concurrency "$WORKER_CONCURRENCY" \
   --hostname "worker@%h" --loglevel "$LOG_LEVEL"
 supervise beat "$BIN/celery" -A worker.app beat --schedule .run/celerybeat-schedule \
   --loglevel "$LOG_LEVEL"

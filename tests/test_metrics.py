@@ -3,20 +3,22 @@ counts kept by a real worker process in Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from api.metrics import track_websocket
 from common.metrics import LATENCY_BUCKETS, SWEEPER_KEY
 from common.settings import Settings
 from devstack import wait_until
-from tests.conftest import RUN_DIR
+from tests.conftest import RUN_DIR, ApiProcess
+from tests.ws_support import LiveClient
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -96,11 +98,32 @@ def test_requests_are_counted_by_route_template_not_raw_path(loopback):
     assert value(after, "ebs_http_request_duration_seconds_count", **timing) >= 1
 
 
-def test_open_websockets_gauge_follows_the_manager(loopback):
-    base = value(scrape(loopback), "ebs_websockets_open")
-    with track_websocket(), track_websocket():
-        assert value(scrape(loopback), "ebs_websockets_open") == base + 2
-    assert value(scrape(loopback), "ebs_websockets_open") == base
+def test_open_websockets_gauge_counts_real_sockets(engine, make_user, token_for):
+    """A socket opened on a real uvicorn shows at its /metrics, and is gone once it closes."""
+    token = token_for(make_user())
+    proc = ApiProcess("api-metrics-ws").start()
+
+    def open_sockets() -> float:
+        response = httpx.get(f"{proc.url}/metrics", timeout=10)
+        assert response.status_code == 200, response.text
+        return value(parse(response.text), "ebs_websockets_open")
+
+    async def scenario() -> None:
+        assert open_sockets() == 0
+        first = await LiveClient.open(f"{proc.ws_url}/ws", token)
+        second = await LiveClient.open(f"{proc.ws_url}/ws", token)
+        for client in (first, second):
+            await client.first("connection_established")
+        assert open_sockets() == 2
+        await first.close()
+        wait_until(lambda: open_sockets() == 1, 30, "one socket counted")
+        await second.close()
+        wait_until(lambda: open_sockets() == 0, 30, "no socket counted")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proc.stop()
 
 
 def test_pipeline_counts_from_a_real_worker_reach_the_api(

@@ -1,15 +1,22 @@
 """The booking rules have one home, booking_verdict (migrations/sql/booking_verdict/): one table of
-cases, run through the function itself and through both procedures that decide a booking."""
+cases, run through the function itself, both procedures that decide a booking, the batched
+intake and the API's seat snapshots (which refuse from memory)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
+from api.seats import SeatSnapshots
 from common.bookings import procedures
+from common.bookings.intake import IntakeRequest, write_batch
 from common.bookings.models import Booking
+from common.bookings.schemas import BookingCreate
+from common.bookings.service import new_booking_id
+from common.errors import EventPast, SoldOut, ValidationFailed
 
 # started, seats left, max per user, seats the user holds, quantity asked -> verdict
 CASES = [
@@ -86,3 +93,49 @@ def test_the_single_booking_procedure(
     outcome = procedures.create_booking(db, user.id, event.id, "bk_asked", quantity)
     db.commit()
     assert outcome == verdict
+
+
+# Intake asks the rules with no seats held yet (p_held = 0): the batched intake must refuse what
+# the function refuses, and a seat snapshot may refuse from memory only what it calls sold_out.
+INTAKE_ERRORS = {"event_past": EventPast, "sold_out": SoldOut, "limit_exceeded": ValidationFailed}
+
+
+def _intake_verdict(db, event_id: int, quantity: int) -> str:
+    asked = text(
+        "SELECT booking_verdict(e, :quantity, e.available_seats, 0) FROM events e WHERE e.id = :id"
+    )
+    return db.scalar(asked, {"quantity": quantity, "id": event_id})
+
+
+@pytest.mark.parametrize(
+    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
+)
+def test_the_batched_intake(
+    db, session_factory, situation, started, seats_left, max_per_user, held, quantity, verdict
+):
+    user, event = situation(started, seats_left, max_per_user, held)
+    expected = _intake_verdict(db, event.id, quantity)
+    request = IntakeRequest(
+        user.id, BookingCreate(eventId=event.id, quantity=quantity), new_booking_id()
+    )
+    [outcome], _ = write_batch(session_factory, [request], lambda _: None, None)
+    if expected == "confirmed":
+        assert isinstance(outcome, tuple) and outcome[1] is True
+    else:
+        assert type(outcome) is INTAKE_ERRORS[expected]
+
+
+@pytest.mark.parametrize(
+    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
+)
+def test_the_seat_snapshot(
+    db, situation, started, seats_left, max_per_user, held, quantity, verdict
+):
+    _, event = situation(started, seats_left, max_per_user, held)
+    snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
+    starts_at = event.event_date.timestamp()
+    snapshots.observe(
+        event.id, seats_left, event.version, max_per_user, starts_at, seen=time.monotonic()
+    )
+    refused = snapshots.sold_out(event.id, quantity) is not None
+    assert refused == (_intake_verdict(db, event.id, quantity) == "sold_out")

@@ -137,11 +137,12 @@ def test_after_the_redis_subscription_breaks_clients_get_a_resync(
     token = token_for(make_user())
 
     def kill_hub_subscriptions() -> int:
-        # Only this test run's API hubs: our Redis db, two patterns and the control channel.
+        # Only this test run's API hubs: our Redis db, the events pattern, the control and
+        # decisions channels.
         db = redis_client.connection_pool.connection_kwargs.get("db", 0)
         killed = 0
         for info in redis_client.client_list(_type="pubsub"):
-            if int(info["db"]) == db and info["psub"] == "2" and info["sub"] == "1":
+            if int(info["db"]) == db and info["psub"] == "1" and info["sub"] == "2":
                 killed += redis_client.client_kill_filter(_id=info["id"])
         return killed
 
@@ -371,6 +372,11 @@ def test_heartbeats_and_going_away_on_shutdown(engine, worker, make_user, token_
 # ---------------------------------------------------------------- slow clients
 
 
+# The tests below open many sockets of one user, and StuckClient floods commands to fill its
+# buffers: past WS_MAX_PER_USER and WS_COMMANDS_PER_SECOND (tested in test_ws_hostile.py).
+UNCAPPED = {"WS_MAX_PER_USER": "1000", "WS_COMMANDS_PER_SECOND": "1000000"}
+
+
 class StuckClient:
     """A client that stops reading: it asks for far more replies than every socket buffer on the
     way can hold, then sits there, connected, never reading."""
@@ -408,7 +414,9 @@ def test_one_client_that_never_reads_does_not_delay_a_hundred_that_do(
     event = make_event(capacity=1000, max_per_user=1000)
     token = token_for(make_user())
     # A queue and send timeout too big to give up on it here: the stuck client stays connected.
-    proc = ApiProcess("api-ws-slow", WS_QUEUE_SIZE="1000000", WS_SEND_TIMEOUT="600").start()
+    proc = ApiProcess(
+        "api-ws-slow", WS_QUEUE_SIZE="1000000", WS_SEND_TIMEOUT="600", **UNCAPPED
+    ).start()
 
     async def scenario() -> None:
         url = f"{proc.ws_url}/ws/events/{event.id}"
@@ -457,7 +465,7 @@ def test_a_client_that_falls_a_queue_behind_is_dropped_and_the_rest_carry_on(
 ):
     event = make_event(capacity=100)
     token = token_for(make_user())
-    proc = ApiProcess("api-ws-overflow", WS_QUEUE_SIZE="50").start()
+    proc = ApiProcess("api-ws-overflow", WS_QUEUE_SIZE="50", **UNCAPPED).start()
 
     async def scenario() -> None:
         url = f"{proc.ws_url}/ws/events/{event.id}"

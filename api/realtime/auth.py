@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -11,6 +10,7 @@ from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.realtime.commands import BadMessage, decode, field
 from common.db import session_scope
 from common.errors import InvalidToken
 from common.security import read_access_token
@@ -44,13 +44,11 @@ async def authenticate(
             if message["type"] == "websocket.disconnect":
                 return "disconnected"
             try:
-                first = json.loads(message.get("text") or "")
-            except ValueError:
-                first = None
-            if not isinstance(first, dict) or first.get("type") != "auth":
+                first = decode(message.get("text"))
+            except BadMessage:
                 return "authentication required"
-            candidate = first.get("token") or (first.get("data") or {}).get("token")
-            if not isinstance(candidate, str):
+            candidate = field(first, "token")
+            if first.get("type") != "auth" or not isinstance(candidate, str):
                 return "authentication required"
             token = candidate
         if token is None:

@@ -59,6 +59,9 @@ class Client:
     close_code: int | None = None
     close_reason: str = ""
     disconnected: bool = False
+    # Commands received in the current one-second window (api.realtime.commands.admit).
+    window_start: float = 0.0
+    window_count: int = 0
 
     def end(self, code: int, reason: str) -> None:
         """Stop this socket's tasks now and close it with ``code``."""

@@ -12,11 +12,13 @@ import anyio
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
+from api.metrics import track_websocket
 from api.realtime.auth import authenticate, origin_allowed
-from api.realtime.commands import handle
+from api.realtime.commands import admit, handle
 from api.realtime.connections import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
     Client,
     CloseMarker,
     ConnectionManager,
@@ -44,21 +46,26 @@ async def serve(
             await websocket.close(code=CLOSE_POLICY, reason=who)
         return
     user_id, expires_at = who
+    if len(manager.by_user.get(user_id, ())) >= settings.WS_MAX_PER_USER:
+        # Checked and registered with no await between: the cap is exact.
+        await websocket.close(code=CLOSE_TRY_AGAIN, reason="too many connections for this user")
+        return
     client = Client(websocket, user_id, expires_at, asyncio.Queue(maxsize=settings.WS_QUEUE_SIZE))
     manager.register(client)
     try:
-        established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
-        manager.offer(client, encode("connection_established", established))
-        async with anyio.create_task_group() as tg:
-            client.scope = tg.cancel_scope
-            if client.close_code is not None:  # closed before the group started
-                tg.cancel_scope.cancel()
-            tg.start_soon(_receive, manager, client)
-            tg.start_soon(_send, manager, client)
-            tg.start_soon(_heartbeat, manager, client)
-            tg.start_soon(_expire, client)
-            if event_id is not None:
-                tg.start_soon(subscribe, manager, client, event_id)
+        with track_websocket():
+            established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
+            manager.offer(client, encode("connection_established", established))
+            async with anyio.create_task_group() as tg:
+                client.scope = tg.cancel_scope
+                if client.close_code is not None:  # closed before the group started
+                    tg.cancel_scope.cancel()
+                tg.start_soon(_receive, manager, client)
+                tg.start_soon(_send, manager, client)
+                tg.start_soon(_heartbeat, manager, client)
+                tg.start_soon(_expire, client)
+                if event_id is not None:
+                    tg.start_soon(subscribe, manager, client, event_id)
     finally:
         manager.unregister(client)
         if client.close_code is not None and not client.disconnected:
@@ -74,7 +81,8 @@ async def _receive(manager: ConnectionManager, client: Client) -> None:
             if message["type"] == "websocket.disconnect":
                 client.disconnected = True
                 return
-            await handle(manager, client, message.get("text"))
+            if admit(manager, client):
+                await handle(manager, client, message.get("text"))
     except (WebSocketDisconnect, WebSocketDisconnected):
         client.disconnected = True
     finally:

@@ -12,7 +12,8 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -23,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import (
     CurrentUser,
     HubDep,
+    IntakeDep,
+    SeatsDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -32,12 +35,15 @@ from api.deps import (
 from api.envelope import Envelope, error_responses, ok
 from api.hub import Hub
 from api.metrics import record_accepted
+from api.seats import SeatSnapshots
 from common.bookings import service
+from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
 from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
 from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
+from common.settings import Settings
 from common.users import service as users_service
 
 router = APIRouter(prefix="/api/bookings", tags=["bookings"])
@@ -107,8 +113,9 @@ async def create_booking(
     user_id: TokenUserId,
     settings: SettingsDep,
     factory: SessionFactoryDep,
-    signal: SignalDep,
     hub: HubDep,
+    writer: IntakeDep,
+    seats: SeatsDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> JSONResponse:
@@ -118,23 +125,34 @@ async def create_booking(
     (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
     ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
     """
-    wait = wait_seconds(prefer, settings.MAX_WAIT)
-    booking_id = service.new_booking_id()
+    return await accept_booking(
+        settings, factory, hub, writer, seats, user_id, body, idempotency_key, prefer
+    )
 
-    def intake() -> tuple[Booking, bool]:
-        with session_scope(factory) as session:
-            return service.request_booking(
-                session,
-                user_id,
-                body,
-                idempotency_key=idempotency_key,
-                signal=signal,
-                max_pending=settings.MAX_PENDING_PER_USER,
-                booking_id=booking_id,
-            )
+
+async def accept_booking(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    hub: Hub,
+    writer: IntakeWriter,
+    seats: SeatSnapshots,
+    user_id: int,
+    body: BookingCreate,
+    idempotency_key: str | None,
+    prefer: str | None,
+) -> JSONResponse:
+    """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
+    wait = wait_seconds(prefer, settings.MAX_WAIT)
+    if idempotency_key is None:
+        left = seats.sold_out(body.event_id, body.quantity)
+        if left is not None:  # refused from memory: nothing to store, no round trip
+            raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
+    booking_id = service.new_booking_id()
+    # Stored with the other requests of the moment in one statement and one commit.
+    intake = partial(writer.submit, IntakeRequest(user_id, body, booking_id, idempotency_key))
 
     if not wait:
-        booking, created = await run_in_threadpool(intake)
+        booking, created = await intake()
         _accepted(booking, created)
         headers = {"Location": f"/api/bookings/{booking.booking_id}"}
         return JSONResponse(ok(_read(booking)), status_code=202, headers=headers)
@@ -143,7 +161,7 @@ async def create_booking(
     # and the booking need not be read back: one transaction per request, not three.
     message: dict[str, Any] | None = None
     async with hub.waiter(booking_id) as decided:
-        booking, created = await run_in_threadpool(intake)
+        booking, created = await intake()
         _accepted(booking, created)
         if created:
             try:
@@ -181,6 +199,10 @@ def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Bo
         return service.get_booking(session, user, booking_id)
 
 
+# Keyset pagination (docs/API.md): ``after`` is the ``nextCursor`` of the previous page.
+AfterQuery = Annotated[str | None, Query(min_length=1, max_length=50)]
+
+
 @router.get("/user/me", response_model=Envelope[BookingPage], responses=error_responses(400, 401))
 def my_bookings(
     session: SessionDep,
@@ -188,12 +210,22 @@ def my_bookings(
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+    after: AfterQuery = None,
 ) -> dict:
     """The caller's bookings, newest first."""
-    rows, total = service.list_user_bookings(
-        session, user, status=status_filter, limit=limit, offset=offset
+    page = service.list_user_bookings(
+        session, user, status=status_filter, limit=limit, offset=offset, after=after
     )
-    return ok(BookingPage(bookings=rows, total=total, has_more=offset + len(rows) < total))
+    return ok(_page(page))
+
+
+def _page(page: service.PageOf) -> BookingPage:
+    return BookingPage(
+        bookings=page.rows,
+        total=page.total,
+        has_more=page.next_cursor is not None,
+        next_cursor=page.next_cursor,
+    )
 
 
 CSV_COLUMNS = [
@@ -221,29 +253,33 @@ def event_bookings(
     event_id: int,
     request: Request,
     session: SessionDep,
+    factory: SessionFactoryDep,
     user: CurrentUser,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+    after: AfterQuery = None,
 ) -> Any:
     """An event's bookings in arrival order, for admins and the event's creator.
-    With ``Accept: text/csv``, every booking of the event as CSV (limit and offset ignored)."""
+    With ``Accept: text/csv``, every booking of the event as CSV (paging ignored), streamed
+    from a server-side cursor."""
     if "text/csv" in request.headers.get("accept", ""):
-        rows = list(service.iter_event_bookings(session, user, event_id, status_filter))
+        # Checked here, so a refusal is a 4xx before the stream starts.
+        query = service.event_bookings_query(session, user, event_id, status_filter)
         return StreamingResponse(
-            _csv(rows),
+            _csv(service.stream_bookings(factory, query)),
             media_type="text/csv",
             headers={
                 "Content-Disposition": f'attachment; filename="event-{event_id}-bookings.csv"'
             },
         )
-    rows, total = service.list_event_bookings(
-        session, user, event_id, status=status_filter, limit=limit, offset=offset
+    page = service.list_event_bookings(
+        session, user, event_id, status=status_filter, limit=limit, offset=offset, after=after
     )
-    return ok(BookingPage(bookings=rows, total=total, has_more=offset + len(rows) < total))
+    return ok(_page(page))
 
 
-def _csv(rows: list[Booking]) -> Iterator[str]:
+def _csv(rows: Iterable[Booking]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -274,6 +310,18 @@ async def get_booking(
 ) -> JSONResponse:
     """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
     answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
+    return await read_booking(settings, factory, hub, user_id, booking_id, prefer)
+
+
+async def read_booking(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    hub: Hub,
+    user_id: int,
+    booking_id: str,
+    prefer: str | None,
+) -> JSONResponse:
+    """GET /api/bookings/{id} once parsed: the route above and the lean path (api.fastpath)."""
     wait = wait_seconds(prefer, settings.MAX_WAIT)
     reload = lambda: _reload(factory, user_id, booking_id)  # noqa: E731
     if not wait:

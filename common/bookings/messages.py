@@ -3,7 +3,9 @@
 To the event's channel, one message per batch that moved seats (never one per booking):
 ``booking_created`` (only confirmations), ``booking_cancelled`` (only cancellations) or
 ``seat_update`` (both); all three carry the same seat fields and the event's new ``version``.
-To each owner's channel, one ``booking_status`` per decided request.
+To the decisions channel, one ``booking_statuses`` message per batch: the ``booking_status`` of
+every decided request with its owner's ``userId``; each API process hands each one to its
+waiters and to that user's sockets (as ``booking_status``, without ``userId``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import redis
 
 from common.bookings.schemas import Decision
-from common.channels import event_channel, user_channel
+from common.channels import decisions_channel, event_channel
 from common.pubsub import encode, now_iso
 
 
@@ -73,11 +75,8 @@ def publish_decisions(client: redis.Redis, decisions: Sequence[Decision]) -> Non
         kind, data = seat
         args += (event_channel(decisions[0].event_id), encode(kind, data))
     stamp = now_iso()  # one clock read per batch: they were all published together
-    for decision in decisions:
-        args += (
-            user_channel(decision.user_id),
-            encode("booking_status", status_message(decision, stamp)),
-        )
+    statuses = [{**status_message(d, stamp), "userId": d.user_id} for d in decisions]
+    args += (decisions_channel(), encode("booking_statuses", {"decisions": statuses}))
     _publish_all(client)(args=args)
 
 

@@ -31,7 +31,13 @@ class BookingRead(ReadSchema):
 
 
 class BookingPage(Page):
+    """One page of bookings. ``next_cursor`` is the ``after`` of the next page (None on the last);
+    ``total`` is counted only for a first page (no ``after``): later pages would pay a count
+    over every booking of the event or user for a number the client already has."""
+
     bookings: list[BookingRead]
+    total: int | None  # type: ignore[assignment]
+    next_cursor: str | None = None
 
 
 class BookingLogRead(ReadSchema):

@@ -8,9 +8,9 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, Select, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -134,12 +134,30 @@ def request_booking(
         if gone is None:
             raise
         raise gone() from exc
+    booking, created = intake_verdict(
+        session, row, user_id, data, idempotency_key, fingerprint, max_pending
+    )
+    if created:
+        on_commit(session, lambda: signal(data.event_id))
+    return booking, created
+
+
+def intake_verdict(
+    session: Session,
+    row: Any,
+    user_id: int,
+    data: BookingCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+    max_pending: int | None,
+) -> tuple[Booking, bool]:
+    """What one row of ``INTAKE`` (or of the batched intake) means: the booking it stored, an
+    idempotent replay, or the refusal, raised as its domain error."""
     if row["known_user"] is None:
         raise InvalidToken()
     if row["known_event"] is None:
         raise EventNotFound()
     if row["id"] is not None:
-        on_commit(session, lambda: signal(data.event_id))
         return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
     if row["verdict"] == "event_past":
         raise EventPast()
@@ -204,18 +222,64 @@ def request_cancellation(session: Session, actor: User, booking_id: str, signal:
     return booking
 
 
+class PageOf(NamedTuple):
+    rows: list[Booking]
+    total: int | None
+    next_cursor: str | None
+
+
+def _page(
+    session: Session,
+    query: Select[Booking],
+    scope: ColumnElement[bool],
+    *,
+    newest_first: bool,
+    limit: int,
+    offset: int,
+    after: str | None,
+) -> PageOf:
+    """Keyset pagination on ``bookings.id``: ``after`` (a bookingId within ``scope``) starts the
+    page past that booking, whatever happened to the rows before it; without it, the first page
+    (or ``offset``, kept for old clients) with its ``total``. One row more than asked tells
+    whether there is a next page."""
+    total = None
+    if after is None:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        query = query.offset(offset)
+    else:
+        anchor = session.scalar(select(Booking.id).where(scope, Booking.booking_id == after))
+        if anchor is None:
+            raise ValidationFailed(
+                "after is not a bookingId of this list",
+                details=[{"field": "after", "message": "unknown cursor"}],
+            )
+        query = query.where(Booking.id < anchor if newest_first else Booking.id > anchor)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return PageOf(rows, total, rows[-1].booking_id if more else None)
+
+
 def list_user_bookings(
-    session: Session, user: User, *, status: str | None, limit: int, offset: int
-) -> tuple[list[Booking], int]:
-    query = select(Booking).where(Booking.user_id == user.id)
+    session: Session,
+    user: User,
+    *,
+    status: str | None,
+    limit: int,
+    offset: int = 0,
+    after: str | None = None,
+) -> PageOf:
+    scope = Booking.user_id == user.id
+    query = select(Booking).where(scope)
     if status:
         query = query.where(Booking.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Booking.id.desc()).limit(limit).offset(offset))
-    return list(rows), total
+    query = query.order_by(Booking.id.desc())
+    return _page(session, query, scope, newest_first=True, limit=limit, offset=offset, after=after)
 
 
-def event_bookings_query(session: Session, actor: User, event_id: int, status: str | None):  # type: ignore[no-untyped-def]
+def event_bookings_query(
+    session: Session, actor: User, event_id: int, status: str | None
+) -> Select[Booking]:
     event = get_event(session, event_id)
     if not can_manage(actor, event):
         raise Forbidden("Only an admin or the event's creator can list its bookings")
@@ -226,18 +290,25 @@ def event_bookings_query(session: Session, actor: User, event_id: int, status: s
 
 
 def list_event_bookings(
-    session: Session, actor: User, event_id: int, *, status: str | None, limit: int, offset: int
-) -> tuple[list[Booking], int]:
+    session: Session,
+    actor: User,
+    event_id: int,
+    *,
+    status: str | None,
+    limit: int,
+    offset: int = 0,
+    after: str | None = None,
+) -> PageOf:
     query = event_bookings_query(session, actor, event_id, status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    return list(session.scalars(query.limit(limit).offset(offset))), total
+    scope = Booking.event_id == event_id
+    return _page(session, query, scope, newest_first=False, limit=limit, offset=offset, after=after)
 
 
-def iter_event_bookings(
-    session: Session, actor: User, event_id: int, status: str | None
-) -> Iterator[Booking]:
-    query = event_bookings_query(session, actor, event_id, status)
-    yield from session.scalars(query.execution_options(yield_per=1000))
+def stream_bookings(factory: sessionmaker[Session], query: Select[Booking]) -> Iterator[Booking]:
+    """Every row of ``query`` from a server-side cursor, a thousand at a time, in a session of
+    its own that lives as long as the iteration (a streamed response outlives the request's)."""
+    with session_scope(factory) as session:
+        yield from session.scalars(query.execution_options(stream_results=True, yield_per=1000))
 
 
 def booking_logs(session: Session, actor: User, booking_id: str) -> list[BookingLog]:

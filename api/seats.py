@@ -1,0 +1,145 @@
+"""Refusing from memory: each API process keeps every event's latest seat snapshot.
+
+The seat messages the workers publish after each committed batch (``availableSeats`` with the
+event's ``version``) and admin changes (``event_updated``) already reach every API process on
+its one Redis subscription; ``SeatSnapshots`` keeps the newest per event. A request for more
+seats than the snapshot shows is answered 409 ``SOLD_OUT`` at once: no database round trip, no
+thread, nothing stored, which is what intake's SQL would have answered (seats still queued can
+only be taken, never given back, before the worker decides them).
+
+A snapshot refuses only while it is fresh: at most ``SEAT_SNAPSHOT_MAX_AGE`` seconds since it
+was read or last confirmed by a message. Every intake batch reads the event's row anyway and
+hands its facts here, so under load the snapshot is confirmed by the requests themselves; when
+it is missing or stale the request goes to the database as before, and one background read per
+event (never one per request, never awaited by a request) renews it. So seats freed by a
+cancellation are offered again as soon as its message arrives, and at the latest after that
+bound; a reconnect of the subscription (messages may have been missed) forgets every snapshot.
+Anything the snapshot does not settle (enough seats shown, a started event, a quantity over the
+limit, an ``Idempotency-Key``) goes to the database as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.db import session_scope
+
+logger = logging.getLogger(__name__)
+
+READ = text(
+    "SELECT available_seats, version, max_seats_per_user, extract(epoch FROM event_date)"
+    " FROM events WHERE id = :id"
+)
+
+
+@dataclass(slots=True)
+class Seats:
+    available: int
+    version: int
+    max_per_user: int
+    starts_at: float  # epoch seconds
+    seen: float  # monotonic time it was read or confirmed
+
+
+class SeatSnapshots:
+    def __init__(self, factory: sessionmaker[Session], max_age: float) -> None:
+        self.factory = factory
+        self.max_age = max_age
+        self._seats: dict[int, Seats] = {}
+        self._reads: dict[int, asyncio.Future[None]] = {}
+
+    def sold_out(self, event_id: int, quantity: int) -> int | None:
+        """The seats left if the event surely cannot take ``quantity`` more; else None."""
+        if self.max_age <= 0:
+            return None
+        seats = self._seats.get(event_id)
+        if seats is None or time.monotonic() - seats.seen > self.max_age:
+            self._refresh(event_id)  # for the requests after this one
+            return None
+        if (
+            seats.available >= quantity
+            or quantity > seats.max_per_user  # the limit's own error, from the database
+            or seats.starts_at <= time.time()  # EVENT_PAST, from the database
+        ):
+            return None
+        return seats.available
+
+    def _refresh(self, event_id: int) -> None:
+        if event_id in self._reads:
+            return
+        task = asyncio.ensure_future(self._read_into(event_id))
+        self._reads[event_id] = task
+        task.add_done_callback(lambda _: self._reads.pop(event_id, None))
+
+    async def _read_into(self, event_id: int) -> None:
+        seen = time.monotonic()
+        try:
+            row = await asyncio.get_running_loop().run_in_executor(None, self._read, event_id)
+        except Exception as exc:  # the requests went to the database; the next one retries
+            logger.warning("seat snapshot of event %s not read: %s", event_id, exc)
+            return
+        if row is not None:
+            self.observe(event_id, *row, seen=seen)
+
+    def _read(self, event_id: int) -> tuple[int, int, int, float] | None:
+        with session_scope(self.factory) as session:
+            row = session.execute(READ, {"id": event_id}).one_or_none()
+        return None if row is None else (row[0], row[1], row[2], float(row[3]))
+
+    def observe(
+        self,
+        event_id: int,
+        available: int,
+        version: int,
+        max_per_user: int,
+        starts_at: float,
+        *,
+        seen: float,
+    ) -> None:
+        """Facts read from the event's row at monotonic time ``seen`` (a read, an intake batch)."""
+        self._keep(event_id, Seats(available, version, max_per_user, starts_at, seen))
+
+    def _keep(self, event_id: int, seats: Seats) -> None:
+        current = self._seats.get(event_id)
+        if (
+            current is None
+            or seats.version > current.version
+            or (seats.version == current.version and seats.seen >= current.seen)
+        ):
+            self._seats[event_id] = seats
+
+    def on_message(self, kind: str, ident: int, message: dict[str, Any]) -> None:
+        """A Hub listener: seat and admin messages update the snapshot; a resync forgets all."""
+        if kind == "resync":
+            self._seats.clear()
+            return
+        if kind != "event":
+            return
+        data = message.get("data") or {}
+        if message.get("type") == "event_deleted":
+            self._seats.pop(ident, None)
+            return
+        available, version = data.get("availableSeats"), data.get("version")
+        if not isinstance(available, int) or not isinstance(version, int):
+            return
+        current = self._seats.get(ident)
+        if message.get("type") == "event_updated":
+            try:
+                starts_at = datetime.fromisoformat(data["eventDate"]).timestamp()
+                max_per_user = int(data["maxSeatsPerUser"])
+            except (KeyError, TypeError, ValueError):
+                self._seats.pop(ident, None)
+                return
+        elif current is not None:
+            starts_at, max_per_user = current.starts_at, current.max_per_user
+        else:
+            return  # a seat message alone lacks the limit and the date: read when needed
+        self._keep(ident, Seats(available, version, max_per_user, starts_at, time.monotonic()))

@@ -1,0 +1,127 @@
+"""A bounded cache of verified access tokens: a token's signature is checked once, not per request.
+
+Keyed by the token string itself, so only the exact bytes that were verified hit the cache. An
+entry holds the user id the token names and is used only until the earlier of the token's
+``exp`` and ``TOKEN_CACHE_TTL`` seconds after it was verified; an expired token is refused as
+before. The cache knows nothing about users: every request that reads or writes a booking also
+checks in the same SQL statement that the user still exists (401 for a deleted user, at once).
+The one answer that does not look the user up is a refusal from memory (409 SOLD_OUT, nothing
+stored; see ``api.fastpath``), which is what anyone can read on the event's page anyway.
+
+When the cache is full (``TOKEN_CACHE_SIZE``) the oldest entries are dropped first.
+
+A token that is not cached yet is checked by ``_verify_plain`` when it has exactly the shape this
+service issues (the header ``create_access_token`` writes, only the claims it writes, integer
+times, a numeric subject): the HMAC and the claims checked by hand, about a tenth of PyJWT's
+cost, whose per-character base64 checks dominated a refusal's CPU. Anything else, and every
+token that fails there, is judged by PyJWT (``read_access_token``), so this path can only
+accept what PyJWT accepts and every refusal comes from PyJWT.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+
+from common.security import ALGORITHM, read_access_token
+from common.settings import Settings
+
+# The header segment of every token create_access_token signs (PyJWT writes it this way).
+PLAIN_HEADER = (
+    base64.urlsafe_b64encode(
+        json.dumps({"alg": ALGORITHM, "typ": "JWT"}, separators=(",", ":")).encode()
+    )
+    .rstrip(b"=")
+    .decode()
+)
+PLAIN_CLAIMS = {"sub", "role", "iat", "nbf", "exp"}
+SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _verify_plain(token: str, key: bytes) -> tuple[int, float] | None:
+    """(user id, exp) of a valid token of our own plain shape; None: ask PyJWT."""
+    header, _, rest = token.partition(".")
+    payload, _, signature = rest.partition(".")
+    if header != PLAIN_HEADER or not SEGMENT.fullmatch(payload) or not SEGMENT.fullmatch(signature):
+        return None
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        expected = hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(given, expected):
+            return None
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return None
+    if type(claims) is not dict or not claims.keys() <= PLAIN_CLAIMS:
+        return None
+    sub, exp, iat, nbf = (
+        claims.get("sub"),
+        claims.get("exp"),
+        claims.get("iat"),
+        claims.get("nbf", 0),
+    )
+    now = time.time()
+    if (
+        type(sub) is not str
+        or not (sub.isascii() and sub.isdigit())
+        or type(exp) is not int
+        or type(iat) is not int
+        or type(nbf) is not int
+        or not exp > now >= iat >= 0
+        or nbf > now
+    ):
+        return None
+    return int(sub), float(exp)
+
+
+class TokenCache:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.size = settings.TOKEN_CACHE_SIZE
+        self.ttl = settings.TOKEN_CACHE_TTL
+        # token -> (user id, monotonic deadline, wall-clock exp)
+        self._entries: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self._lock = threading.Lock()  # the WebSocket manager verifies from threads too
+        self._key = settings.JWT_SECRET.get_secret_value().encode()
+
+    def user_id(self, token: str) -> int:
+        """The user id a valid token names; InvalidToken for anything else (expired included)."""
+        entry = self._entries.get(token)
+        if entry is not None:
+            user_id, until, exp = entry
+            if time.monotonic() < until and time.time() < exp:
+                return user_id
+            with self._lock:
+                self._entries.pop(token, None)
+        plain = _verify_plain(token, self._key)
+        if plain is None:
+            user_id, expires_at = read_access_token(token, self.settings)
+            plain = user_id, expires_at.timestamp()
+        user_id, exp = plain
+        if self.size and self.ttl:
+            with self._lock:
+                self._entries[token] = (user_id, time.monotonic() + self.ttl, exp)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return user_id
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_caches: dict[int, TokenCache] = {}
+
+
+def token_cache(settings: Settings) -> TokenCache:
+    """One cache per Settings object (the app's, or a test's own)."""
+    cache = _caches.get(id(settings))
+    if cache is None or cache.settings is not settings:
+        cache = _caches[id(settings)] = TokenCache(settings)
+    return cache
