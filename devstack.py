@@ -16,6 +16,7 @@ and the caller's guards (the tests' forced settings, the benchmark's ``check_tar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -89,7 +90,12 @@ def upgrade_database(url: str) -> None:
 
 class ManagedProcess:
     """A real child process (its own process group) logging to ``log_dir/<name>.log``; stopped
-    by its own pid or process group only, never by name."""
+    by its own pid or process group only, never by name.
+
+    ``wrap`` goes before the command line: ``netns_exec(ns)`` runs the child on another
+    (network-namespace) host. It must exec, not fork, so the child's pid is the server's."""
+
+    wrap: tuple[str, ...] = ()
 
     def __init__(self, name: str, log_dir: Path) -> None:
         self.name = name
@@ -101,7 +107,7 @@ class ManagedProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logfile = self.log.open("wb")
         self.proc = subprocess.Popen(
-            argv,
+            [*self.wrap, *argv],
             cwd=ROOT,
             env=env,
             stdout=self._logfile,
@@ -207,8 +213,10 @@ class ApiProcess(ManagedProcess):
         *,
         workers: int | None = None,
         access_log: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(name, log_dir)
+        self.host = host
         self.port = free_port()
         self.env = env
         self.workers = workers
@@ -216,16 +224,16 @@ class ApiProcess(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     def start(self) -> Self:
         import httpx
 
-        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
+        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning",
                 "--http", HTTP_PROTOCOL]  # fmt: skip
         if self.workers is not None:
@@ -248,30 +256,46 @@ class RedisServer:
     """A private redis-server on a free port that keeps nothing on disk, so a restart loses
     everything, and killing it touches nobody else's Redis."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, bind: str | None = None, wrap: tuple[str, ...] = ()
+    ) -> None:
+        """``host``: the address the test reaches it at; ``bind``: the addresses it listens on
+        (``host`` by default); ``wrap``: see ManagedProcess."""
+        self.host, self.bind, self.wrap = host, bind or host, wrap
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ebs-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> Self:
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        server = shutil.which("redis-server") or "redis-server"
+        argv = [*self.wrap, server, "--port", str(self.port),
+                "--bind", *self.bind.split(), "--protected-mode", "no", "--save", "",
+                "--appendonly", "no",
                 "--dir", self.dir, "--logfile", ""]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up() -> bool:
             try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                with redis.Redis(self.host, self.port, socket_timeout=1) as client:
                     return bool(client.ping())
             except redis.RedisError:
                 return False
 
         wait_until(up, 30, "private redis")
         return self
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections are still accepted, nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -310,3 +334,158 @@ class RabbitVhost:
 
     def close(self) -> None:
         self._ctl("delete_vhost", self.name, check=False)
+
+
+class PostgresServer(ManagedProcess):
+    """A private PostgreSQL cluster in a temporary directory (trust authentication), so
+    stopping, freezing or restarting it touches nobody else's database.
+
+    It listens on ``listen`` (``host`` by default; ``""``: the socket only) at ``port`` and on a
+    socket in its own directory; ``url`` reaches it over TCP at ``host``, ``socket_url`` through
+    the socket, which works from this (root) namespace whatever ``wrap`` and the network do.
+    ``trust`` (a CIDR) is added to pg_hba.conf for clients on other hosts. ``initdb(template)``
+    copies an already built data directory instead of running initdb again.
+
+    PostgreSQL refuses to run as root: when this process is root, its commands run as the
+    ``owner`` OS user through ``setpriv``, which execs. Not ``runuser`` or ``su``: they stay as
+    the parent and stop themselves when their child is stopped, so a frozen server's parent
+    would never reap it. Exec'ing (``wrap`` execs too) also makes the pid held the postmaster's.
+
+    ``freeze`` (SIGSTOP) stops the postmaster and every backend: connections stay open and
+    accepted, and nothing answers, as on a hung host. ``close`` always leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        name: str = "postgres",
+        log_dir: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        listen: str | None = None,
+        port: int | None = None,
+        trust: str | None = None,
+        owner: str = "postgres",
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ebs-pg-"))
+        super().__init__(name, log_dir or self.dir)
+        self.host, self.port, self.trust, self.owner = host, port or free_port(), trust, owner
+        self.listen = host if listen is None else listen
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "sockets"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
+
+    def socket_url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@/{database}?host={self.sockets}&port={self.port}"
+
+    def _as_owner(self, *argv: str) -> list[str]:
+        binary = shutil.which(argv[0]) or argv[0]
+        if os.geteuid() != 0:
+            return [binary, *argv[1:]]
+        user = self.owner
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", binary, *argv[1:]]
+
+    def initdb(self, template: Path | None = None) -> Self:
+        self.sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.owner, self.owner)
+        if template is not None:
+            shutil.copytree(template, self.data, symlinks=True)
+        else:
+            argv = ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
+                    "-E", "UTF8"]  # fmt: skip
+            subprocess.run(self._as_owner(*argv), check=True, capture_output=True, cwd=self.dir)
+        hba = self.data / "pg_hba.conf"
+        line = f"host all all {self.trust} trust\n"
+        if self.trust and line not in hba.read_text():
+            with hba.open("a") as conf:
+                conf.write(line)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", f"{self.owner}:{self.owner}", str(self.dir)], check=True)
+        return self
+
+    def start(self) -> Self:
+        """Start (initdb on first start) and wait until it takes connections."""
+        if not self.data.exists():
+            self.initdb()
+        # fsync and full-page writes only guard against an OS crash; commits stay synchronous,
+        # so a server stopped immediately or killed keeps what it acknowledged.
+        argv = self._as_owner(
+            "postgres", "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
+            "-c", f"listen_addresses={self.listen}", "-c", "fsync=off",
+            "-c", "full_page_writes=off", "-c", "max_connections=300",
+        )  # fmt: skip
+        self.spawn(argv, dict(os.environ))
+
+        def up() -> bool:
+            probe = create_engine(self.socket_url(), connect_args={"connect_timeout": 2})
+            try:
+                with probe.connect() as conn:
+                    return conn.execute(text("SELECT 1")).scalar() == 1
+            except Exception:
+                return False
+            finally:
+                probe.dispose()
+
+        self.wait_for(up, 60, f"postgres {self.name}")
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A database built by the migrations; returns its URL."""
+        url = self.url(name)
+        recreate_database(url)
+        upgrade_database(url)
+        return url
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children. Each backend is its own process group (PostgreSQL
+        calls setsid in every child), so they are found by parent, not signalled by group."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        postmaster = self.proc.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def _signal(self, sig: int, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, sig)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server (the postmaster first, so it forks nothing meanwhile)."""
+        self._signal(signal.SIGSTOP, self._processes())
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT, self._processes()[::-1])
+
+    def stop(self, sig: int | None = signal.SIGINT) -> None:
+        """Shut down by the postmaster's signal (what ``pg_ctl stop -m`` sends): SIGTERM smart,
+        SIGINT fast (ends every session, as an operator's restart does; the default), SIGQUIT
+        immediate. SIGKILL, or a shutdown that does not end, kills every server process."""
+        if self.proc is None:
+            return
+        self.thaw()
+        if sig != signal.SIGKILL:
+            self.proc.send_signal(signal.SIGINT if sig is None else sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL, self._processes())
+            self.proc.wait(10)
+        self.proc = None
+        if self._logfile is not None:
+            self._logfile.close()
+
+    def close(self) -> None:
+        try:
+            self.stop(signal.SIGQUIT)  # immediate shutdown: the directory goes next
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

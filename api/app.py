@@ -27,8 +27,8 @@ from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
 from api.routes import auth, bookings, events, health, ws
 from common.bookings.signals import signal_event
-from common.db import build_engine, build_sessionmaker
-from common.redis_client import build_async_redis, build_redis
+from common.db import bound_waits, build_engine, build_sessionmaker
+from common.redis_client import build_async_redis, build_redis, build_signal_redis
 from common.security import dummy_hash
 from common.settings import Settings, get_settings
 
@@ -41,6 +41,15 @@ def build_task_sender(settings: Settings) -> Celery:
     client = Celery("ebs-api", set_as_current=False)
     client.config_from_object("celeryconfig")
     client.conf.broker_url = settings.broker_url
+    # Used for booking signals only: bounded like them, and not retried (see build_signal_redis).
+    client.conf.broker_connection_timeout = settings.SIGNAL_TIMEOUT
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        client.conf.broker_transport_options = {
+            **client.conf.broker_transport_options,
+            "socket_timeout": settings.SIGNAL_TIMEOUT,
+            "socket_connect_timeout": settings.SIGNAL_TIMEOUT,
+        }
+    client.conf.task_publish_retry = False
     return client
 
 
@@ -64,6 +73,7 @@ def build_api_engine(settings: Settings) -> Engine:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = app.state  # each attribute is read, typed, by one dependency in api/deps.py
+    bound_waits(settings)
     state.engine = build_api_engine(settings)
     state.session_factory = build_sessionmaker(state.engine)
     state.redis = build_redis(settings)
@@ -71,7 +81,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.celery = build_task_sender(settings)
     state.bcrypt_limiter = anyio.CapacityLimiter(settings.BCRYPT_CONCURRENCY)
     await anyio.to_thread.run_sync(dummy_hash, settings.BCRYPT_ROUNDS)
-    state.signal = partial(signal_event, state.redis, state.celery, ttl=settings.SIGNAL_TTL)
+    state.signal_redis = build_signal_redis(settings)
+    state.signal = partial(signal_event, state.signal_redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
     state.hub.add_listener(partial(dispatch, state.realtime))
@@ -88,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
         state.redis.close()
+        state.signal_redis.close()
         state.engine.dispose()
 
 

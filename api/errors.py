@@ -119,8 +119,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
-    # OperationalError covers a lost connection and a statement or lock wait cut short by
-    # DB_STATEMENT_TIMEOUT / DB_LOCK_TIMEOUT; PoolTimeout, no connection free in DB_POOL_TIMEOUT.
+    # OperationalError covers a lost connection, a statement or lock wait cut short by
+    # DB_STATEMENT_TIMEOUT / DB_LOCK_TIMEOUT and a server silent past DB_REPLY_TIMEOUT;
+    # PoolTimeout, no connection free in DB_POOL_TIMEOUT.
     app.add_exception_handler(OperationalError, unavailable_handler)
     app.add_exception_handler(PoolTimeout, unavailable_handler)
     app.add_exception_handler(redis.ConnectionError, unavailable_handler)

@@ -7,10 +7,14 @@ in each child process after fork.
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 
+import psycopg2
+from psycopg2 import extensions
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, func
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -53,6 +57,41 @@ def build_engine(settings: Settings, **overrides: object) -> Engine:
     }
     options.update(overrides)
     return create_engine(settings.sqlalchemy_url, **options)
+
+
+def bound_waits(settings: Settings) -> None:
+    """Bound every wait of this process on PostgreSQL on the client side: give up on a
+    connection from which nothing arrives for ``DB_REPLY_TIMEOUT`` seconds
+    (``DB_CONNECT_TIMEOUT`` while connecting).
+
+    PostgreSQL's own timeouts cannot end a wait on a server that has stopped answering (a
+    frozen process, a hung host, a dead link): the server enforces them. TCP keepalives and
+    ``tcp_user_timeout`` do not see a frozen server either, its kernel still acknowledging
+    every packet. So libpq's waiting is done here, through psycopg2's wait callback (its
+    "green" mode, in which libpq ignores its own ``connect_timeout``). When the callback gives
+    up, psycopg2 closes the connection and raises ``OperationalError``; SQLAlchemy takes the
+    closed connection for a disconnect and drops it from the pool. Process-wide, as psycopg2's
+    callback is: the API calls it in its lifespan, the worker in each child.
+    """
+    extensions.set_wait_callback(
+        partial(_wait, settings.DB_CONNECT_TIMEOUT, settings.DB_REPLY_TIMEOUT)
+    )
+
+
+_CONNECTION_OK = 0  # libpq's PQstatus once connected (psycopg2 exports no name for it)
+
+
+def _wait(connect_timeout: float, reply_timeout: float, conn: extensions.connection) -> None:
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        timeout = reply_timeout if conn.info.status == _CONNECTION_OK else connect_timeout
+        poller = select.poll()  # not select.select: the API's descriptors can pass 1024
+        events = select.POLLIN if state == extensions.POLL_READ else select.POLLOUT
+        poller.register(conn.fileno(), events)
+        if not poller.poll(timeout * 1000):
+            raise psycopg2.OperationalError(f"PostgreSQL did not answer within {timeout:g} s")
 
 
 def build_sessionmaker(engine: Engine) -> sessionmaker[Session]:

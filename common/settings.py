@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     DB_POOL_SIZE: int = 20
     DB_MAX_OVERFLOW: int = 10
-    # Bounds on every wait of the API on PostgreSQL (the worker is bounded by its task limits).
+    # Bounds on every wait of the API on PostgreSQL (the worker: connect and reply only).
     DB_CONNECT_TIMEOUT: int = Field(default=5, ge=1, description="seconds to open a connection")
     DB_POOL_TIMEOUT: float = Field(default=5.0, gt=0, description="seconds to wait for the pool")
     DB_STATEMENT_TIMEOUT: float = Field(
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     DB_LOCK_TIMEOUT: float = Field(
         default=5.0, ge=0, description="seconds one statement may wait for a lock; 0: no limit"
+    )
+    DB_REPLY_TIMEOUT: float = Field(
+        default=35.0, gt=0, description="seconds without a byte from PostgreSQL: it is gone"
     )
 
     # Booking pipeline.
@@ -61,6 +64,9 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="a booking pending this long is re-signalled"
     )
     SIGNAL_TTL: int = Field(default=30, gt=0, description="seconds a per-event signal dedups")
+    SIGNAL_TIMEOUT: float = Field(
+        default=1.0, gt=0, description="seconds intake waits for Redis to take a signal"
+    )
     MAX_WAIT: int = 30
     MAX_PENDING_PER_USER: int = Field(
         default=20, ge=1, description="undecided booking requests one user may have; then 429"
@@ -85,6 +91,9 @@ class Settings(BaseSettings):
     )
     WS_SEND_TIMEOUT: float = Field(
         default=10.0, gt=0, description="a WebSocket that takes no frame for this long is dropped"
+    )
+    HEALTH_TIMEOUT: float = Field(
+        default=2.0, gt=0, description="seconds /health waits for each service to answer"
     )
     ENABLE_SYNC_BASELINE: bool = False
 
@@ -127,6 +136,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _reply_outlasts_statements(self) -> Settings:
+        # A statement the server still runs would be cut off by the client, its outcome unknown.
+        if self.DB_STATEMENT_TIMEOUT and self.DB_REPLY_TIMEOUT <= self.DB_STATEMENT_TIMEOUT:
+            raise ValueError("DB_REPLY_TIMEOUT must be longer than DB_STATEMENT_TIMEOUT")
+        return self
 
     @model_validator(mode="after")
     def _enforce_production_rules(self) -> Settings:

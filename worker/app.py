@@ -18,7 +18,7 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.db import build_engine, build_sessionmaker
+from common.db import bound_waits, build_engine, build_sessionmaker
 from common.logs import configure_logging
 from common.redis_client import build_redis
 from common.settings import Settings, get_settings
@@ -41,6 +41,20 @@ class Resources:
 
 _resources: Resources | None = None
 
+# A worker host that drops off the network mid-batch (no FIN, no RST) leaves its transaction
+# open on the server, holding the event row lock that every other drain of the event waits for,
+# and PostgreSQL notices a vanished client only by TCP keepalive (hours by default): every
+# worker slot ended up waiting on it (tests/test_network_faults.py, the multi-host sale). A
+# worker never waits between a batch's statements, so the server ends such a session and rolls
+# it back. Keepalives let the worker, in turn, give up on a server it can no longer reach.
+DB_SESSION: dict[str, object] = {
+    "options": "-c idle_in_transaction_session_timeout=10s",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
 
 def resources() -> Resources:
     """This process's connections, made on first use after fork and never shared across one."""
@@ -49,7 +63,10 @@ def resources() -> Resources:
         settings = get_settings()
         # No ping per checkout (a round trip per batch): a dead connection raises
         # OperationalError, which the tasks retry, and the pool then replaces it.
-        engine = build_engine(settings, pool_size=2, max_overflow=2, pool_pre_ping=False)
+        engine = build_engine(
+            settings, pool_size=2, max_overflow=2, pool_pre_ping=False, connect_args=DB_SESSION
+        )
+        bound_waits(settings)  # a frozen database fails the task (retried), never hangs it
         _resources = Resources(
             pid=os.getpid(),
             settings=settings,
