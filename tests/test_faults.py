@@ -288,6 +288,16 @@ def settled(engine: Engine, event_id: int) -> bool:
         ).first()
 
 
+def assert_every_client_answered(sale: Any) -> None:
+    """No 500, ever; every client got an answer that is an acceptance or a decision."""
+    assert [s for s, _ in sale.server_errors if s != 503] == [], sale.server_errors[:3]
+    assert len(sale.outcomes) == sale.requests
+    for outcome in sale.outcomes.values():
+        assert outcome.status in (201, 202, 409), outcome
+        if outcome.status == 409:
+            assert outcome.body["error"]["code"] in TERMINAL, outcome
+
+
 def assert_sale_settled(
     engine: Engine, sale: Sale, supervise: Callable[[], object] = lambda: None
 ) -> None:
@@ -318,13 +328,7 @@ def assert_sale_settled(
             text("SELECT available_seats FROM events WHERE id = :e"), {"e": sale.event_id}
         ).scalar_one()
 
-    # No 500, ever; every client got an answer that is an acceptance or a decision.
-    assert [s for s, _ in sale.server_errors if s != 503] == [], sale.server_errors[:3]
-    assert len(sale.outcomes) == sale.requests
-    for outcome in sale.outcomes.values():
-        assert outcome.status in (201, 202, 409), outcome
-        if outcome.status == 409:
-            assert outcome.body["error"]["code"] in TERMINAL, outcome
+    assert_every_client_answered(sale)
 
     # Durable and exactly once: each accepted request (its Idempotency-Key) is one row, no more.
     # A 409 naming no booking was refused at intake (no seats left at all) and stored nothing.
