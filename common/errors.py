@@ -182,3 +182,11 @@ class ServiceUnavailable(DomainError):
     status_code = 503
     code = "SERVICE_UNAVAILABLE"
     default_message = "A backing service is unavailable"
+
+
+# The error a client gets for each reason a booking is rejected with (the deciders' reasons).
+REJECTIONS: dict[str, type[DomainError]] = {
+    "sold_out": SoldOut,
+    "limit_exceeded": LimitExceeded,
+    "event_past": EventPast,
+}

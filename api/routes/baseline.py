@@ -28,11 +28,11 @@ from common.bookings.schemas import BookingCreate, BookingRead
 from common.bookings.service import new_booking_id
 from common.db import session_scope
 from common.errors import (
+    REJECTIONS,
     DomainError,
     EventNotFound,
     EventPast,
     InvalidToken,
-    LimitExceeded,
     SoldOut,
     ValidationFailed,
 )
@@ -42,12 +42,8 @@ from common.users.models import User
 
 router = APIRouter(prefix="/api/bench", tags=["benchmark"])
 
-REJECTIONS: dict[str, type[DomainError]] = {
-    "sold_out": SoldOut,
-    "limit_exceeded": LimitExceeded,
-    "event_past": EventPast,
-    "not_found": EventNotFound,
-}
+# create_booking also answers "not_found" for an event deleted meanwhile.
+OUTCOMES: dict[str, type[DomainError]] = {**REJECTIONS, "not_found": EventNotFound}
 
 
 def book_synchronously(
@@ -85,7 +81,7 @@ def book_synchronously(
         )
     # The rejected row the procedure wrote is committed before the 409 goes out.
     if outcome != "confirmed":
-        raise REJECTIONS.get(outcome, SoldOut)(details=[{"bookingId": booking_id}])
+        raise OUTCOMES.get(outcome, SoldOut)(details=[{"bookingId": booking_id}])
     now = datetime.now(UTC)
     return BookingRead(
         booking_id=booking_id,

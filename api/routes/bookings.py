@@ -42,18 +42,13 @@ from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
 from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
-from common.errors import DomainError, EventPast, LimitExceeded, SoldOut
+from common.errors import REJECTIONS, SoldOut
 from common.settings import Settings
 from common.users import service as users_service
 
 router = APIRouter(prefix="/api/bookings", tags=["bookings"])
 logger = logging.getLogger(__name__)
 
-REJECTIONS: dict[str, type[DomainError]] = {
-    "sold_out": SoldOut,
-    "limit_exceeded": LimitExceeded,
-    "event_past": EventPast,
-}
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
