@@ -18,7 +18,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from common.db import Base, TimestampMixin
 
-STATUSES = ("pending", "confirmed", "rejected", "cancelled")
+STATUSES = ("pending", "waitlisted", "confirmed", "rejected", "cancelled")
+# A request still in its event's line: it has a queuePosition (common/bookings/line.py).
+IN_LINE = ("pending", "waitlisted")
 REASONS = ("sold_out", "limit_exceeded", "event_past")
 
 
@@ -26,7 +28,8 @@ class Booking(TimestampMixin, Base):
     __tablename__ = "bookings"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'confirmed', 'rejected', 'cancelled')", name="status"
+            "status IN ('pending', 'waitlisted', 'confirmed', 'rejected', 'cancelled')",
+            name="status",
         ),
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint("(status = 'rejected') = (reason IS NOT NULL)", name="reason_iff_rejected"),
@@ -36,13 +39,23 @@ class Booking(TimestampMixin, Base):
         # An event's bookings in order (admin list, CSV export), its live bookings, FK cascade.
         Index("idx_bookings_event_id_id", "event_id", "id"),
         # The worker drains an event's queue in arrival order through this index.
-        Index("idx_bookings_pending", "event_id", "id", postgresql_where="status = 'pending'"),
+        Index(
+            "idx_bookings_pending", "event_id", "queue_seq", postgresql_where="status = 'pending'"
+        ),
+        # The waitlist in arrival order: promotion reads its head.
+        Index(
+            "idx_bookings_waitlisted",
+            "event_id",
+            "queue_seq",
+            postgresql_where="status = 'waitlisted'",
+        ),
         Index(
             "idx_bookings_cancel_requested",
             "event_id",
             "id",
             postgresql_where=(
-                "status IN ('pending', 'confirmed') AND cancel_requested_at IS NOT NULL"
+                "status IN ('pending', 'waitlisted', 'confirmed')"
+                " AND cancel_requested_at IS NOT NULL"
             ),
         ),
         Index(
@@ -69,6 +82,9 @@ class Booking(TimestampMixin, Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The request's number in its event's line, 1, 2, 3, ... in arrival order, given by the
+    # database (trigger assign_queue_seq); never set it here.
+    queue_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
 
 class BookingLog(Base):

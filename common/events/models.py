@@ -2,7 +2,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.db import Base, TimestampMixin
@@ -16,6 +29,7 @@ class Event(TimestampMixin, Base):
             "available_seats >= 0 AND available_seats <= seat_capacity", name="available_seats"
         ),
         CheckConstraint("max_seats_per_user > 0", name="max_seats_per_user"),
+        CheckConstraint("waitlist_length >= 0", name="waitlist_length"),
         Index("idx_events_event_date", "event_date"),
         Index(
             "idx_events_available_seats",
@@ -36,6 +50,27 @@ class Event(TimestampMixin, Base):
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     image_url: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    waitlist_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    # The line (pending and waitlisted requests, common/bookings/line.py), kept by the decider:
+    # every queue_seq up to line_through has left it; line_gone holds those above that left out
+    # of turn, ascending.
+    line_through: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    line_gone: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default="{}"
+    )
+    waitlist_length: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class EventLine(Base):
+    """An event's arrival counter: the last queue_seq given (trigger assign_queue_seq). A row of
+    its own so that numbering a request never waits for the decider's lock on the event."""
+
+    __tablename__ = "event_lines"
+
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+    arrived: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
