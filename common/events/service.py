@@ -114,7 +114,8 @@ def delete_event(session: Session, actor: User, event_id: int, publisher: redis.
     held = session.scalar(
         select(
             exists().where(
-                Booking.event_id == event_id, Booking.status.in_(("pending", "confirmed"))
+                Booking.event_id == event_id,
+                Booking.status.in_(("pending", "waitlisted", "confirmed")),
             )
         )
     )
