@@ -59,11 +59,12 @@ class Booking(TimestampMixin, Base):
                 " AND cancel_requested_at IS NOT NULL"
             ),
         ),
+        # The seats a user holds or waits for (per-user limit), in both deciders.
         Index(
-            "idx_bookings_confirmed_user",
+            "idx_bookings_held_user",
             "event_id",
             "user_id",
-            postgresql_where="status = 'confirmed'",
+            postgresql_where="status IN ('confirmed', 'waitlisted')",
         ),
     )
 
