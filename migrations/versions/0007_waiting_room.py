@@ -138,6 +138,11 @@ def upgrade() -> None:
         "CREATE TRIGGER bookings_queue_seq BEFORE INSERT ON bookings"
         " FOR EACH ROW EXECUTE FUNCTION assign_queue_seq()"
     )
+    _install("count_arrivals", "0007")
+    op.execute(
+        "CREATE TRIGGER bookings_count_arrivals AFTER INSERT ON bookings"
+        " REFERENCING NEW TABLE AS arrivals FOR EACH STATEMENT EXECUTE FUNCTION count_arrivals()"
+    )
     _install("booking_verdict", "0007")
 
     # Seats a user holds for the per-user limit are now confirmed and waitlisted ones.
@@ -165,6 +170,8 @@ def downgrade() -> None:
         ["event_id", "user_id"],
         postgresql_where="status = 'confirmed'",
     )
+    op.execute("DROP TRIGGER bookings_count_arrivals ON bookings")
+    op.execute("DROP FUNCTION count_arrivals()")
     op.execute("DROP TRIGGER bookings_queue_seq ON bookings")
     op.execute("DROP FUNCTION assign_queue_seq()")
     op.execute("DROP TRIGGER events_open_line ON events")
