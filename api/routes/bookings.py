@@ -148,7 +148,7 @@ async def accept_booking(
 
     if not wait:
         booking, created = await intake()
-        _accepted(booking, created)
+        await _accepted(hub, booking, created)
         headers = {"Location": f"/api/bookings/{booking.booking_id}"}
         return JSONResponse(ok(_read(booking)), status_code=202, headers=headers)
 
@@ -157,7 +157,7 @@ async def accept_booking(
     message: dict[str, Any] | None = None
     async with hub.waiter(booking_id) as decided:
         booking, created = await intake()
-        _accepted(booking, created)
+        await _accepted(hub, booking, created)
         if created:
             try:
                 async with asyncio.timeout(wait):
@@ -182,10 +182,11 @@ async def accept_booking(
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
 
 
-def _accepted(booking: Booking, created: bool) -> None:
+async def _accepted(hub: Hub, booking: Booking, created: bool) -> None:
     if created:
         record_accepted()
         logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
+    await hub.accepted(booking)  # its owner's sockets here follow its place in line
 
 
 def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
