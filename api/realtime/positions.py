@@ -194,9 +194,7 @@ class Positions:
             self._newer(row.event_id, (row.line_through, row.line_gone))
             cursor = self.cursors[row.event_id]
             waiting = self.by_user[row.user_id].get(row.booking_id)
-            if waiting is None:
-                if left_line(row.queue_seq, cursor):
-                    continue  # decided while it was read
+            if waiting is None:  # (one decided while it was read is dropped by _place)
                 waiting = self._track(
                     row.booking_id, row.user_id, row.event_id, row.queue_seq, row.status
                 )
