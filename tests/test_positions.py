@@ -31,16 +31,17 @@ def test_places_are_coalesced_never_go_back_and_stop_at_the_decision() -> None:
 
         positions.signed_in(1)
         positions.signed_in(2)
-        # Read at sign-in: b1 (number 10) behind 3 gone and 5 out of turn; b9 was decided
-        # while the read ran (the event's newer cursor says so): not followed.
-        positions.on_event(8, line(20))
+        positions.on_event(7, line(30))  # nobody here waits on event 7 yet: nothing kept
+        assert positions.cursors == {}
+        # b9 was decided while the sign-in read ran: its booking_status went by, not followed.
+        positions.on_status(1, {"bookingId": "b9", "eventId": 8, "status": "rejected"})
         rows = [
-            WaitingBooking("b1", 1, 7, 10, "waitlisted", 3, [5]),
+            WaitingBooking("b1", 1, 7, 10, "waitlisted", 3, [5]),  # behind 3 gone and 5
             WaitingBooking("b9", 1, 8, 12, "pending", 4, []),
         ]
         positions.loaded(rows, [1], complete=False)
         assert places() == [6]  # the first place at once
-        assert set(positions.by_user[1]) == {"b1"}
+        assert set(positions.by_user[1]) == {"b1"} and set(positions.cursors) == {7}
 
         for through in range(4, 9):  # five batches within the interval
             positions.on_event(7, line(through))
@@ -63,12 +64,13 @@ def test_places_are_coalesced_never_go_back_and_stop_at_the_decision() -> None:
         assert positions.by_user[1] == {} and set(positions.by_event[7]) == {"b2"}
         assert places(2) == [2, 1]  # b2 (number 12) moved up meanwhile
 
-        # Accepted here after its decision went by (the cursor says so): not followed.
-        positions.on_accepted(
-            1, {"bookingId": "b3", "eventId": 7, "queueSeq": 10, "status": "pending"}
-        )
-        assert "b3" not in positions.by_user[1]
+        # Accepted here after its decision went by: not followed, by the cursor or by the id.
+        accepted = {"eventId": 7, "queueSeq": 10, "status": "pending"}
+        positions.on_accepted(1, {"bookingId": "b3", **accepted})
+        positions.on_status(1, {"bookingId": "b4", "eventId": 5, "status": "confirmed"})
+        positions.on_accepted(1, {"bookingId": "b4", **accepted, "eventId": 5})
+        assert positions.by_user[1] == {}
         positions.signed_out(2)
-        assert positions.by_event == {} and 2 not in positions.by_user
+        assert positions.by_event == {} and positions.cursors == {} and 2 not in positions.by_user
 
     asyncio.run(scenario())

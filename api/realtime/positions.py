@@ -13,9 +13,11 @@ Places are coalesced per booking: the first goes at once, later ones at most eve
 ``INTERVAL`` seconds, the latest value winning. The final ``booking_status`` ends a booking's
 updates: nothing is sent for it after that.
 
-Cursors are ordered by how many numbers have left the line (``through + len(gone)``), which
-only grows, so a stale cursor (a message published out of order, or a read that raced a
-message) never moves a place back.
+An event's messages cost nothing here unless a booking of a signed-in user waits in it: then
+its newest cursor is kept, ordered by how many numbers have left the line (``through +
+len(gone)``, which only grows), so a stale one (a message published out of order, a read that
+raced a message) never moves a place back. A booking whose decision went by while it was read
+or accepted is recognised by its id and not followed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERVAL = 1.0  # seconds between two queue_position messages of one booking
+SETTLED_KEPT = 256  # decided bookings remembered per signed-in user
 
 Cursor = tuple[int, Sequence[int]]  # (line_through, line_gone)
 
@@ -101,26 +104,29 @@ class Positions:
         self.interval = interval
         self.by_event: dict[int, dict[str, Waiting]] = {}
         self.by_user: dict[int, dict[str, Waiting]] = {}
-        # The newest cursor heard of every event, tracked or not: a booking read or accepted
-        # just after its decision was published is recognised as gone, not tracked for ever.
+        # The newest cursor of each event in ``by_event``, kept only while it has bookings here.
         self.cursors: dict[int, Cursor] = {}
+        # Per signed-in user, the bookings whose decision this instance relayed (the latest
+        # ``SETTLED_KEPT``): one read or accepted just after its decision went by is not
+        # followed again.
+        self.settled: dict[int, dict[str, None]] = {}
 
     # ------------------------------------------------------------------ what arrives
 
     def on_event(self, event_id: int, message: dict[str, Any]) -> None:
         """A message on an event's channel."""
+        tracked = self.by_event.get(event_id)
+        if not tracked:
+            return
         if message.get("type") == "event_deleted":
-            self.cursors.pop(event_id, None)
-            for waiting in list(self.by_event.get(event_id, {}).values()):
+            for waiting in list(tracked.values()):
                 self._drop(waiting)
             return
         cursor = parse_line(message.get("data") or {})
         if cursor is None or not self._newer(event_id, cursor):
             return
-        tracked = self.by_event.get(event_id)
-        if tracked:
-            for waiting in list(tracked.values()):
-                self._place(waiting, cursor)
+        for waiting in list(tracked.values()):
+            self._place(waiting, cursor)
 
     def on_status(self, user_id: int, data: dict[str, Any]) -> None:
         """A ``booking_status`` for a user with a socket here."""
@@ -130,6 +136,10 @@ class Positions:
             return
         waiting = mine.get(booking_id)
         if status not in IN_LINE:
+            settled = self.settled.setdefault(user_id, {})
+            settled[booking_id] = None
+            if len(settled) > SETTLED_KEPT:
+                del settled[next(iter(settled))]
             if waiting is not None:  # decided: its booking_status is its last word
                 self._drop(waiting)
             return
@@ -137,6 +147,8 @@ class Positions:
         if not isinstance(seq, int) or not isinstance(event_id, int):
             return
         if waiting is None:
+            if booking_id in self.settled.get(user_id, ()):
+                return
             waiting = self._track(booking_id, user_id, event_id, seq, status)
         waiting.status = status
         # The status carries the place: it counts as sent, and a queued update of it is moot.
@@ -151,13 +163,15 @@ class Positions:
 
     def on_accepted(self, user_id: int, data: dict[str, Any]) -> None:
         """A booking this instance's intake stored (``Hub.accepted``)."""
-        if user_id not in self.by_user or data.get("bookingId") in self.by_user[user_id]:
+        mine = self.by_user.get(user_id)
+        booking_id = data["bookingId"]
+        if mine is None or booking_id in mine or booking_id in self.settled.get(user_id, ()):
             return
         waiting = self._track(
-            data["bookingId"], user_id, data["eventId"], data["queueSeq"], data["status"]
+            booking_id, user_id, data["eventId"], data["queueSeq"], data["status"]
         )
         cursor = self.cursors.get(waiting.event_id)
-        if cursor is not None:
+        if cursor is not None:  # else its place comes with the event's next message
             self._place(waiting, cursor)
 
     # ------------------------------------------------------------------ who is here
@@ -171,6 +185,7 @@ class Positions:
         for waiting in list(self.by_user.get(user_id, {}).values()):
             self._drop(waiting)
         self.by_user.pop(user_id, None)
+        self.settled.pop(user_id, None)
 
     def loaded(
         self,
@@ -188,13 +203,12 @@ class Positions:
         seen: set[str] = set()
         known: dict[int, list[str]] = {}
         for row in rows:
-            if row.user_id not in self.by_user:
-                continue  # signed out meanwhile
+            mine = self.by_user.get(row.user_id)
+            if mine is None or row.booking_id in self.settled.get(row.user_id, ()):
+                continue  # signed out, or decided, while it was read
             seen.add(row.booking_id)
-            self._newer(row.event_id, (row.line_through, row.line_gone))
-            cursor = self.cursors[row.event_id]
-            waiting = self.by_user[row.user_id].get(row.booking_id)
-            if waiting is None:  # (one decided while it was read is dropped by _place)
+            waiting = mine.get(row.booking_id)
+            if waiting is None:
                 waiting = self._track(
                     row.booking_id, row.user_id, row.event_id, row.queue_seq, row.status
                 )
@@ -203,7 +217,9 @@ class Positions:
                     waiting.status = row.status
                 if waiting.position is not None:
                     known.setdefault(row.user_id, []).append(waiting.message())
-            self._place(waiting, cursor)
+            # A message heard while the row was read may be newer than the row.
+            self._newer(row.event_id, (row.line_through, row.line_gone))
+            self._place(waiting, self.cursors[row.event_id])
         if complete:
             for user_id in users:
                 for waiting in list(self.by_user.get(user_id, {}).values()):
@@ -230,12 +246,15 @@ class Positions:
 
     def _drop(self, waiting: Waiting) -> None:
         self._cancel(waiting)
-        for index, key in ((self.by_user, waiting.user_id), (self.by_event, waiting.event_id)):
-            group = index.get(key)
-            if group is not None:
-                group.pop(waiting.booking_id, None)
-                if not group and index is self.by_event:
-                    del index[key]
+        mine = self.by_user.get(waiting.user_id)
+        if mine is not None:
+            mine.pop(waiting.booking_id, None)
+        tracked = self.by_event.get(waiting.event_id)
+        if tracked is not None:
+            tracked.pop(waiting.booking_id, None)
+            if not tracked:  # nobody here waits on the event: forget it, cursor and all
+                del self.by_event[waiting.event_id]
+                self.cursors.pop(waiting.event_id, None)
 
     def _place(self, waiting: Waiting, cursor: Cursor) -> None:
         if left_line(waiting.seq, cursor):
