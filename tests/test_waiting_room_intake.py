@@ -9,13 +9,16 @@ a real worker at the end, and in the decider's own tests).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text, update
@@ -30,6 +33,7 @@ from common.errors import QueueFull
 from common.events.models import Event
 from common.pubsub import publish
 from devstack import wait_until
+from tests.conftest import ApiProcess
 
 
 def waitlist_on(db, event: Event) -> Event:
@@ -313,9 +317,10 @@ def test_retry_after_follows_the_pace_of_the_line():
 def test_a_waitlist_event_is_never_refused_from_memory():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts = time.time() + 3600
-    snapshots.observe(1, 0, 5, 4, starts, True, seen=time.monotonic())
-    snapshots.observe(2, 0, 5, 4, starts, False, seen=time.monotonic())
+    snapshots.observe(1, 0, 5, 4, starts, 3, seen=time.monotonic())  # a waitlist, 3 seats
+    snapshots.observe(2, 0, 5, 4, starts, 0, seen=time.monotonic())
     assert snapshots.sold_out(1, 2) is None
+    assert snapshots.sold_out(1, 4) == 0  # more than the event holds: never seated
     assert snapshots.sold_out(2, 2) == 0
 
     # An admin turns the waitlist on (event_updated), then a seat message keeps it on.
@@ -324,6 +329,7 @@ def test_a_waitlist_event_is_never_refused_from_memory():
         "version": 6,
         "eventDate": datetime.fromtimestamp(starts, UTC).isoformat(),
         "maxSeatsPerUser": 4,
+        "seatCapacity": 3,
         "waitlistEnabled": True,
     }
     snapshots.on_message("event", 2, {"type": "event_updated", "data": updated})
@@ -352,4 +358,140 @@ def test_the_intake_stores_a_request_a_waitlist_event_cannot_seat(
     [stored, too_many], facts = write_batch(session_factory, requests, lambda _: None, None)
     assert isinstance(stored, tuple) and stored[0].queue_position == 1
     assert type(too_many).__name__ == "SoldOut"  # more than the event holds: never seated
-    assert facts[event.id][-1] is True  # the snapshot learns the waitlist from the batch
+    assert facts[event.id][-1] == 4  # the snapshot learns the waitlist from the batch
+
+
+# ---------------------------------------------------------------- end to end: uvicorn, worker
+
+
+def burst(url: str, tokens: list[str], event_id: int) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(tokens))
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/api/bookings",
+                        json={"eventId": event_id},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    for token in tokens
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def statuses(db, event_id: int) -> list[tuple[str, int, str, int]]:
+    """(bookingId, queue_seq, status, user id) of the event's bookings, in queue order."""
+    rows = db.execute(
+        text(
+            "SELECT booking_id, queue_seq, status, user_id FROM bookings WHERE event_id = :e"
+            " ORDER BY queue_seq"
+        ),
+        {"e": event_id},
+    ).all()
+    return [tuple(row) for row in rows]
+
+
+def test_200_concurrent_requests_line_up_in_arrival_order(
+    api_server, engine, db, make_user, make_event, token_for
+):
+    """Numbers are 1..200 and no reader ever sees a number before every number below it was
+    committed (so the numbers are the commit order); once the worker has decided, the 5 seats
+    went to the first 5 and the places the API reports are exactly 1..195 in that order."""
+    event = waitlist_on(db, make_event(capacity=5))
+    users = [make_user() for _ in range(200)]
+    token = {u.id: token_for(u) for u in users}
+    seen: list[list[int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        query = text("SELECT queue_seq FROM bookings WHERE event_id = :e ORDER BY queue_seq")
+        while not done.is_set():
+            with engine.connect() as conn:
+                seen.append(list(conn.scalars(query, {"e": event.id})))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        responses = burst(api_server.url, list(token.values()), event.id)
+    finally:
+        done.set()
+        watcher.join()
+    assert [r.status_code for r in responses] == [202] * 200, responses[0].text
+    answered = sorted(r.json()["data"]["queueSeq"] for r in responses)
+    assert answered == list(range(1, 201))
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in seen)
+
+    wait_until(
+        lambda: all(s != "pending" for _, _, s, _ in statuses(db, event.id)), 60, "all decided"
+    )
+    line = statuses(db, event.id)
+    assert [s for _, _, s, _ in line] == ["confirmed"] * 5 + ["waitlisted"] * 195
+    http = httpx.Client(base_url=api_server.url, timeout=30)
+    places = [
+        http.get(f"/api/bookings/{b}", headers={"Authorization": f"Bearer {token[u]}"}).json()[
+            "data"
+        ]["queuePosition"]
+        for b, _, _, u in line
+    ]
+    assert places == [None] * 5 + list(range(1, 196))
+
+    # One more, with Prefer: wait: answered as soon as it is waitlisted, with its place.
+    late = make_user()
+    late_headers = {"Authorization": f"Bearer {token_for(late)}"}
+    asked = time.monotonic()
+    answer = http.post(
+        "/api/bookings", json={"eventId": event.id}, headers={**late_headers, "Prefer": "wait=30"}
+    )
+    assert time.monotonic() - asked < 30  # not the whole wait: waitlisted is an answer
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["data"]["status"] == "waitlisted"
+    assert answer.json()["data"]["queuePosition"] == 196
+    # Someone ahead leaves: 202, cancelled by the worker, and the places behind move up.
+    leaving, _, _, owner = line[10]
+    owner_headers = {"Authorization": f"Bearer {token[owner]}"}
+    left = http.delete(f"/api/bookings/{leaving}", headers=owner_headers)
+    assert left.status_code == 202 and left.json()["data"]["cancelRequestedAt"]
+    gone = http.get(f"/api/bookings/{leaving}", headers={**owner_headers, "Prefer": "wait=20"})
+    assert gone.status_code == 200 and gone.json()["data"]["status"] == "cancelled"
+    assert gone.json()["data"]["queuePosition"] is None
+    again = http.get(f"/api/bookings/{answer.json()['data']['bookingId']}", headers=late_headers)
+    assert again.json()["data"]["queuePosition"] == 195
+    assert http.get(f"/api/events/{event.id}").json()["data"]["waitlistLength"] == 195
+    http.close()
+
+
+def test_a_burst_past_the_bound_loses_nothing_it_accepted(
+    worker, db, make_user, make_event, token_for
+):
+    """A waitlist event with its seats taken: every request stays in the line, so exactly the
+    bound is accepted; each of those is stored and decided (waitlisted), the rest are told
+    QUEUE_FULL with a Retry-After and stored nowhere."""
+    bound = 40
+    event = waitlist_on(db, make_event(capacity=3))
+    proc = ApiProcess("api-queue-bound", QUEUE_MAX_PER_EVENT=str(bound)).start()
+    try:
+        holder = {"Authorization": f"Bearer {token_for(make_user())}", "Prefer": "wait=20"}
+        taken = httpx.post(
+            f"{proc.url}/api/bookings",
+            json={"eventId": event.id, "quantity": 3},
+            headers=holder,
+            timeout=30,
+        )
+        assert taken.status_code == 201, taken.text
+        responses = burst(proc.url, [token_for(make_user()) for _ in range(120)], event.id)
+    finally:
+        proc.stop()
+    accepted = {r.json()["data"]["bookingId"] for r in responses if r.status_code == 202}
+    refused = [r for r in responses if r.status_code != 202]
+    assert len(accepted) == bound
+    assert {r.json()["error"]["code"] for r in refused} == {"QUEUE_FULL"}
+    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+    wait_until(
+        lambda: all(s != "pending" for _, _, s, _ in statuses(db, event.id)), 60, "all decided"
+    )
+    line = [(b, s) for b, _, s, _ in statuses(db, event.id)][1:]
+    assert {b for b, _ in line} == accepted
+    assert {s for _, s in line} == {"waitlisted"}
