@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from common.bookings.models import IN_LINE, Booking
 from common.channels import control_channel, decisions_channel, events_pattern, parse_channel
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,20 @@ class Hub:
         task.cancel()
         if not await within(STOP_TIMEOUT, asyncio.shield(task)):
             logger.error("redis subscription ignored its cancellation; abandoning it")
+
+    async def accepted(self, booking: Booking) -> None:
+        """This process's intake stored ``booking``: listeners hear it as a ``booking_accepted``
+        for its owner (in-process only, never published), so a signed-in owner's sockets here
+        follow its place in line from the start."""
+        if booking.status not in IN_LINE:  # an idempotent replay of a decided one
+            return
+        data = {
+            "bookingId": booking.booking_id,
+            "eventId": booking.event_id,
+            "queueSeq": booking.queue_seq,
+            "status": booking.status,
+        }
+        await self._notify("user", booking.user_id, {"type": "booking_accepted", "data": data})
 
     @contextlib.asynccontextmanager
     async def waiter(self, booking_id: str) -> AsyncIterator[asyncio.Future[dict[str, Any]]]:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.conftest import RUN_DIR, ApiProcess
 
@@ -88,3 +88,65 @@ def test_live_page_shows_seats_drop_and_the_booking_decided(
     expect(status).to_have_count(1)
 
     page.screenshot(path=str(RUN_DIR / "live-page.png"), full_page=True)
+
+
+def test_live_page_follows_a_place_in_line_to_the_promotion(
+    page: Page, api, engine, make_user, make_event, token_for
+):
+    buyer = make_user(email="waiting@example.com")
+    holder, ahead = make_user(), make_user()
+    event = make_event(capacity=2, max_per_user=2, name="Sold Out Show")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE events SET waitlist_enabled = true WHERE id = :id"), {"id": event.id}
+        )
+
+    def request(method: str, path: str, who: Any, body: Any = None) -> dict[str, Any]:
+        response = httpx.request(
+            method,
+            f"{api.url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token_for(who)}", "Prefer": "wait=30"},
+            timeout=60,
+        )
+        assert response.is_success, response.text
+        return response.json()["data"]
+
+    held = request("POST", "/api/bookings", holder, {"eventId": event.id, "quantity": 2})
+    assert held["status"] == "confirmed"
+
+    page.goto(f"{api.url}/live")
+    page.fill("#email", buyer.email)
+    page.fill("#password", "password123")
+    page.click("#login button[type=submit]")
+    row = page.locator(f'tr[data-event-id="{event.id}"]')
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("0", timeout=WAIT_MS)
+    expect(row.locator(".waitlist")).to_have_text("0", timeout=WAIT_MS)
+
+    # Someone joins the waitlist first: its length moves on the page.
+    first = request("POST", "/api/bookings", ahead, {"eventId": event.id, "quantity": 1})
+    assert first["status"] == "waitlisted"
+    expect(row.locator(".waitlist")).to_have_text("1", timeout=WAIT_MS)
+
+    row.locator(".book").click()
+    mine = page.locator("#bookings tr")
+    expect(mine).to_have_count(1, timeout=WAIT_MS)
+    expect(mine.locator(".status")).to_have_text("waitlisted", timeout=WAIT_MS)
+    expect(mine.locator(".position")).to_have_text("position 2", timeout=WAIT_MS)
+    expect(row.locator(".waitlist")).to_have_text("2", timeout=WAIT_MS)
+    expect(row.locator(".line")).to_have_text("2", timeout=WAIT_MS)
+
+    # The one ahead leaves: the buyer moves up without a reload.
+    request("DELETE", f"/api/bookings/{first['bookingId']}", ahead)
+    expect(mine.locator(".position")).to_have_text("position 1", timeout=WAIT_MS)
+    expect(row.locator(".waitlist")).to_have_text("1", timeout=WAIT_MS)
+
+    # Seats come back: the buyer is promoted, the waitlist empties.
+    request("DELETE", f"/api/bookings/{held['bookingId']}", holder)
+    expect(mine.locator(".status")).to_have_text("confirmed", timeout=WAIT_MS)
+    expect(mine.locator(".position")).to_have_text("", timeout=WAIT_MS)
+    expect(row.locator(".waitlist")).to_have_text("0", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("1", timeout=WAIT_MS)
+
+    page.screenshot(path=str(RUN_DIR / "live-page-waitlist.png"), full_page=True)

@@ -202,6 +202,107 @@ def test_booking_status_reaches_the_owner_and_no_one_else(api, make_user, make_e
     asyncio.run(scenario())
 
 
+# ---------------------------------------------------------------- places in line
+
+AHEAD = 16  # waitlisted requests ahead of the owner's, each leaving in a batch of its own
+
+
+def enable_waitlist(engine: Engine, event_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE events SET waitlist_enabled = true WHERE id = :id"), {"id": event_id}
+        )
+
+
+async def join_waitlist(http: httpx.AsyncClient, token: str, event_id: int) -> dict[str, Any]:
+    response = await http.post(
+        "/api/bookings",
+        json={"eventId": event_id, "quantity": 1},
+        headers={"Authorization": f"Bearer {token}", "Prefer": "wait=30"},
+    )
+    assert response.status_code == 202, response.text
+    booking = response.json()["data"]
+    assert booking["status"] == "waitlisted", booking
+    return booking
+
+
+async def leave(http: httpx.AsyncClient, token: str, booking_id: str) -> None:
+    response = await http.delete(
+        f"/api/bookings/{booking_id}",
+        headers={"Authorization": f"Bearer {token}", "Prefer": "wait=30"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_the_owner_hears_its_place_in_line_coalesced_until_the_decision(
+    engine, api, make_user, make_event, token_for
+):
+    event = make_event(capacity=2, max_per_user=2)
+    enable_waitlist(engine, event.id)
+    holder, owner = make_user(), make_user()
+    ahead = [make_user() for _ in range(AHEAD)]
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+            held = await book(http, token_for(holder), event.id, 2)  # every seat
+            # Signed in, following no event: places reach the owner whatever it follows.
+            tab = await LiveClient.open(f"{api.ws_url}/ws", token_for(owner))
+            await tab.first("connection_established")
+            queued = [await join_waitlist(http, token_for(u), event.id) for u in ahead]
+            last = queued[-1]["bookingId"]
+            # Another waiting user, signed in after joining: the sign-in read gives its place.
+            stranger = await LiveClient.open(f"{api.ws_url}/ws", token_for(ahead[-1]))
+            await stranger.first("queue_position", bookingId=last, queuePosition=AHEAD)
+
+            mine = (await join_waitlist(http, token_for(owner), event.id))["bookingId"]
+            status = await tab.first("booking_status", bookingId=mine, status="waitlisted")
+            assert status["queuePosition"] == AHEAD + 1
+            # One by one, so the owner's place changes with every batch, many times a second.
+            for user, booking in zip(ahead[:-1], queued[:-1], strict=True):
+                await leave(http, token_for(user), booking["bookingId"])
+            await tab.first("queue_position", bookingId=mine, queuePosition=2)  # the latest wins
+            late_tab = await LiveClient.open(f"{api.ws_url}/ws", token_for(owner))
+            first = await late_tab.first("queue_position", bookingId=mine)
+            assert first["queuePosition"] == 2 and first["status"] == "waitlisted"
+
+            await leave(http, token_for(ahead[-1]), last)
+            await tab.first("queue_position", bookingId=mine, queuePosition=1)
+            await leave(http, token_for(holder), held["bookingId"])  # seats back: promoted
+            for client in (tab, late_tab):
+                decided = await client.first("booking_status", bookingId=mine, status="confirmed")
+                assert decided["promoted"] is True and decided["queuePosition"] is None
+            # Longer than the coalescing interval: an update still queued would be here by now.
+            await asyncio.sleep(2)
+            await tab.request("ping", "pong")
+
+        places = [
+            (i, m["data"])
+            for i, m in enumerate(tab.messages)
+            if m["type"] == "queue_position" and m["data"]["bookingId"] == mine
+        ]
+        # Coalesced: fewer messages than places passed through, at most one a second.
+        assert 2 <= len(places) < AHEAD - 1, places
+        stamps = [datetime.fromisoformat(p["timestamp"]) for _, p in places]
+        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+        assert min(gaps) >= 0.9, gaps
+        positions = [p["queuePosition"] for _, p in places]
+        assert positions == sorted(positions, reverse=True) and positions[-1] == 1, positions
+        assert places[-1][1]["status"] == "waitlisted"
+        # The decision ends them: nothing about the booking after its final status.
+        final = next(
+            i
+            for i, m in enumerate(tab.messages)
+            if m["type"] == "booking_status" and m["data"]["status"] == "confirmed"
+        )
+        assert places[-1][0] < final
+        # No one else hears the owner's places; the stranger hears only its own.
+        assert {p["bookingId"] for p in stranger.of_type("queue_position")} == {last}
+        for client in (tab, late_tab, stranger):
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- authentication
 
 

@@ -7,6 +7,8 @@ One concern per module, in the order a message travels:
 - ``fanout``: the Hub's listener; routes each pub/sub message to the queues that should see it.
 - ``snapshots``: subscribe from a snapshot, holding messages that arrive while it is read, and
   resync every client after the Hub's subscription came back.
+- ``positions``: each signed-in user's bookings in line and the ``queue_position`` messages
+  that follow their places, coalesced to about one per second per booking.
 - ``auth``: the Origin check and the token (in the URL or a first ``auth`` message).
 - ``commands``: what a client may send (ping, subscribe, unsubscribe, get_stats) and the stats.
 - ``serve``: one socket's life: receiver, sender, heartbeat and expiry in one task group.

@@ -23,6 +23,7 @@ from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.hub import Hub
+from api.realtime.positions import Positions
 from common.pubsub import encode
 from common.settings import Settings
 
@@ -85,6 +86,7 @@ class ConnectionManager:
         self.by_user: dict[int, set[Client]] = defaultdict(set)
         self.dropped = 0  # clients dropped for not keeping up, since start
         self.resyncs = 0
+        self.positions = Positions(self.to_user)
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
@@ -105,9 +107,15 @@ class ConnectionManager:
             logger.warning("dropping websocket client %s: not keeping up", client.id)
         client.end(CLOSE_TRY_AGAIN, "too slow: message queue overflowed")
 
+    def to_user(self, user_id: int, text: str) -> None:
+        """Queue ``text`` for each of the user's sockets."""
+        for client in list(self.by_user.get(user_id, ())):
+            self.offer(client, text)
+
     def register(self, client: Client) -> None:
         self.clients[client.id] = client
         self.by_user[client.user_id].add(client)
+        self.positions.signed_in(client.user_id)
         self.idle.clear()
 
     def unregister(self, client: Client) -> None:
@@ -119,6 +127,7 @@ class ConnectionManager:
             owners.discard(client)
             if not owners:
                 del self.by_user[client.user_id]
+                self.positions.signed_out(client.user_id)
         if not self.clients:
             self.idle.set()
 

@@ -1,8 +1,10 @@
 """Fan-out: the Hub's listener, routing each pub/sub message to the sockets that should see it.
 
 Event messages go to that event's subscribers, ``booking_status`` to the owner's sockets only,
-and ``resync`` (the Hub's subscription came back) to every client as fresh snapshots. Dispatch
-never awaits a socket: it only fills queues.
+and ``resync`` (the Hub's subscription came back) to every client as fresh snapshots. The line
+in event messages, the statuses and the bookings this instance accepted also feed the places in
+line (``positions``), which send ``queue_position`` to owners. Dispatch never awaits a socket:
+it only fills queues.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from api.realtime import positions
 from api.realtime.connections import Client, ConnectionManager
 from api.realtime.snapshots import resync
 
@@ -18,8 +21,13 @@ def dispatch(manager: ConnectionManager, kind: str, ident: int, message: dict[st
     """Hub listener: route one pub/sub message. Never awaits a socket."""
     if kind == "resync":
         manager.spawn(resync(manager))
+        manager.spawn(positions.reload(manager))
         return
     if kind == "event":
+        # Every event's messages reach this listener (the Hub subscribes to the pattern of all
+        # event channels): the line they carry moves the places of connected users' bookings
+        # whether or not any socket follows the event.
+        manager.positions.on_event(ident, message)
         subscribers = manager.by_event.get(ident)
         if not subscribers:
             return
@@ -34,9 +42,12 @@ def dispatch(manager: ConnectionManager, kind: str, ident: int, message: dict[st
         owners = manager.by_user.get(ident)
         if not owners:
             return
+        manager.positions.on_status(ident, message.get("data") or {})
         text = json.dumps(message, separators=(",", ":"), default=str)
         for client in list(owners):
             manager.offer(client, text)
+    elif kind == "user" and message.get("type") == "booking_accepted":
+        manager.positions.on_accepted(ident, message["data"])  # in-process, never relayed
 
 
 def _deliver_event(

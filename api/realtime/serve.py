@@ -1,6 +1,7 @@
 """One socket's life: checks, then a receiver (client commands), a sender (drains the queue), a
-heartbeat and the token's expiry in one task group, so a disconnect, a failed send or a drop
-ends them all. A single send stuck for ``WS_SEND_TIMEOUT`` drops the client (close 1013)."""
+heartbeat, the token's expiry and the first read of the user's places in line in one task group,
+so a disconnect, a failed send or a drop ends them all. A single send stuck for
+``WS_SEND_TIMEOUT`` drops the client (close 1013)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from api.metrics import track_websocket
+from api.realtime import positions
 from api.realtime.auth import authenticate, origin_allowed
 from api.realtime.commands import admit, handle
 from api.realtime.connections import (
@@ -64,6 +66,7 @@ async def serve(
                 tg.start_soon(_send, manager, client)
                 tg.start_soon(_heartbeat, manager, client)
                 tg.start_soon(_expire, client)
+                tg.start_soon(positions.load, manager, client)
                 if event_id is not None:
                     tg.start_soon(subscribe, manager, client, event_id)
     finally:

@@ -155,7 +155,7 @@ async def accept_booking(
 
     if not wait:
         booking, created = await intake()
-        _accepted(booking, created)
+        await _accepted(hub, booking, created)
         headers = {"Location": f"/api/bookings/{booking.booking_id}"}
         return JSONResponse(ok(_read(booking)), status_code=202, headers=headers)
 
@@ -164,7 +164,7 @@ async def accept_booking(
     message: dict[str, Any] | None = None
     async with hub.waiter(booking_id) as decided:
         booking, created = await intake()
-        _accepted(booking, created)
+        await _accepted(hub, booking, created)
         if created:
             try:
                 async with asyncio.timeout(wait):
@@ -200,10 +200,11 @@ async def _submit(
         raise
 
 
-def _accepted(booking: Booking, created: bool) -> None:
+async def _accepted(hub: Hub, booking: Booking, created: bool) -> None:
     if created:
         record_accepted()
         logger.debug("booking accepted", extra={"booking_id": booking.booking_id})
+    await hub.accepted(booking)  # its owner's sockets here follow its place in line
 
 
 def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, overload
 
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings import procedures
 from common.bookings.line import position_of
-from common.bookings.models import Booking, BookingLog
+from common.bookings.models import IN_LINE, Booking, BookingLog
 from common.bookings.schemas import BookingCreate, Decision
 from common.db import on_commit, session_scope
 from common.errors import (
@@ -459,3 +459,38 @@ def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
     started = select(Event.id).where(Event.waitlist_length > 0, Event.event_date <= func.now())
     waiting = set(session.scalars(pending.union(cancelling, started)))
     return sorted(waiting - procedures.events_being_drained(session))
+
+
+class WaitingBooking(NamedTuple):
+    """A request still in its event's line, with the event's cursor as the same read saw it."""
+
+    booking_id: str
+    user_id: int
+    event_id: int
+    queue_seq: int
+    status: str
+    line_through: int
+    line_gone: list[int]
+
+
+def waiting_bookings(session: Session, user_ids: Collection[int]) -> list[WaitingBooking]:
+    """The users' pending and waitlisted requests joined with their events' cursors: one query
+    for a socket that signs in (or for every signed-in user after a resync), from which the
+    API works out places in line (``common.bookings.line``) without asking again."""
+    if not user_ids:
+        return []
+    rows = session.execute(
+        select(
+            Booking.booking_id,
+            Booking.user_id,
+            Booking.event_id,
+            Booking.queue_seq,
+            Booking.status,
+            Event.line_through,
+            Event.line_gone,
+        )
+        .join(Event, Event.id == Booking.event_id)
+        .where(Booking.user_id.in_(list(user_ids)), Booking.status.in_(IN_LINE))
+        .order_by(Booking.event_id, Booking.queue_seq)
+    )
+    return [WaitingBooking(*row) for row in rows]
