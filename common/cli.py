@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -117,17 +118,24 @@ def create_admin(
 
 @app.command("check")
 def check() -> None:
-    """Verify available_seats + confirmed seats = capacity for every event; exit 1 if not."""
-    from common.bookings.procedures import seat_invariant_violations
+    """Verify available_seats + confirmed seats = capacity for every event, that nobody waits on
+    a waitlist while its head fits the free seats, and each event's line cursor; exit 1 if not."""
+    from common.bookings.procedures import seat_invariant_violations, waitlist_violations
     from common.db import session_scope
 
     with session_scope(_session_factory()) as session:
-        violations = seat_invariant_violations(session)
+        violations: list[Mapping[str, object]] = [
+            *seat_invariant_violations(session),
+            *waitlist_violations(session),
+        ]
     if violations:
         for row in violations:
             typer.echo(f"VIOLATION {json.dumps(row)}", err=True)
         raise typer.Exit(1)
-    typer.echo("ok: available_seats + confirmed seats = capacity for every event")
+    typer.echo(
+        "ok: available_seats + confirmed seats = capacity for every event;"
+        " no waitlist stuck while seats are free; every line cursor matches its rows"
+    )
 
 
 @app.command("queue")

@@ -78,7 +78,8 @@ def record_decided_batch(client: redis.Redis, decisions: Sequence[Decision]) -> 
     latencies = [
         max((d.decided_at - d.created_at).total_seconds(), 0.0)
         for d in decisions
-        if d.status in ("confirmed", "rejected") and d.decided_at is not None
+        # A promotion's wait was for seats to come back, not for a worker.
+        if d.status in ("confirmed", "rejected") and d.decided_at is not None and not d.promoted
     ]
     record_batch(client, decisions, latencies)
 

@@ -37,6 +37,7 @@ from sqlalchemy import Engine, text
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect as ws_connect
 
+from common.bookings import procedures
 from devstack import RedisServer, wait_until
 from tests.conftest import TEST_DATABASE_URL, ApiProcess, BeatProcess, WorkerProcess
 
@@ -575,3 +576,87 @@ def _pending(engine: Engine, event_id: int) -> int:
             text("SELECT count(*) FROM bookings WHERE event_id = :e AND status = 'pending'"),
             {"e": event_id},
         ).scalar_one()
+
+
+def test_kill_9_between_a_cancellation_and_its_promotion(
+    engine, session_factory, stack, make_user, make_event, token_for
+):
+    """The seats a cancellation frees go to the waitlist in the same transaction: a worker
+    killed after cancelling and before promoting leaves neither done, and the next drain does
+    both at once. The test holds the waitlisted booking's row, so the batch stops at the
+    promotion with the cancellation already written (uncommitted), and kills that worker child."""
+    event = make_event(capacity=2, max_per_user=2)
+    holder, waiting = make_user(), make_user()
+    with session_factory() as db:
+        db.execute(
+            text("UPDATE events SET waitlist_enabled = true WHERE id = :id"), {"id": event.id}
+        )
+        for user, booking_id in ((holder, "bk_holder"), (waiting, "bk_waiting")):
+            db.execute(
+                text(
+                    "INSERT INTO bookings (booking_id, user_id, event_id, quantity)"
+                    " VALUES (:b, :u, :e, 2)"
+                ),
+                {"b": booking_id, "u": user.id, "e": event.id},
+            )
+        db.commit()
+        decided = procedures.process_event_queue(db, event.id, 10, "test")
+        db.commit()
+    assert [d.status for d in decided] == ["confirmed", "waitlisted"]
+
+    def state(conn: Any) -> tuple[str, str]:
+        rows = conn.execute(
+            text("SELECT booking_id, status FROM bookings WHERE event_id = :e ORDER BY queue_seq"),
+            {"e": event.id},
+        ).all()
+        assert [r.booking_id for r in rows] == ["bk_holder", "bk_waiting"]
+        return rows[0].status, rows[1].status
+
+    hold = engine.connect()
+    hold.execute(text("SELECT 1 FROM bookings WHERE booking_id = 'bk_waiting' FOR UPDATE"))
+    me = hold.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        response = httpx.delete(
+            f"{stack.api.url}/api/bookings/bk_holder",
+            headers={"Authorization": f"Bearer {token_for(holder)}"},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+
+        def stuck() -> int | None:
+            with engine.connect() as probe:
+                return probe.execute(
+                    text(
+                        "SELECT client_port FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name = :app"
+                        " AND :me = ANY (pg_blocking_pids(pid))"
+                    ),
+                    {"app": APP_NAME, "me": me},
+                ).scalar()
+
+        port = wait_until(stuck, SETTLE, "the batch to stop at the promotion", interval=0.02)
+        os.kill(pid_with_local_port(worker_children(stack.worker), port), 9)
+        with engine.connect() as conn:
+            # The cancellation is written in the dead worker's transaction, not committed.
+            assert state(conn) == ("confirmed", "waitlisted")
+    finally:
+        hold.rollback()
+        hold.close()
+
+    seen: set[tuple[str, str]] = set()
+
+    def both_done() -> bool:
+        with engine.connect() as conn:
+            seen.add(state(conn))
+        return ("cancelled", "confirmed") in seen
+
+    wait_until(both_done, SETTLE, "the cancellation and the promotion to commit")
+    assert seen <= {("confirmed", "waitlisted"), ("cancelled", "confirmed")}, seen
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT * FROM seat_invariant_violations()")).all() == []
+        assert conn.execute(text("SELECT * FROM waitlist_violations()")).all() == []
+        log = conn.execute(text("SELECT booking_id, action FROM booking_logs ORDER BY id")).all()
+    assert [tuple(row) for row in log] == [
+        ("bk_holder", "confirmed"), ("bk_waiting", "waitlisted"),
+        ("bk_holder", "cancelled"), ("bk_waiting", "promoted"),
+    ]  # fmt: skip

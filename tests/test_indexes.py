@@ -10,15 +10,19 @@ from sqlalchemy import text
 USES = {
     "idx_bookings_pending": (
         "SELECT b.id FROM bookings b WHERE b.event_id = 1 AND b.status = 'pending'"
-        " AND b.cancel_requested_at IS NULL ORDER BY b.id LIMIT 500"
+        " AND b.cancel_requested_at IS NULL ORDER BY b.queue_seq LIMIT 500"
+    ),
+    "idx_bookings_waitlisted": (
+        "SELECT b.id FROM bookings b WHERE b.event_id = 1 AND b.status = 'waitlisted'"
+        " AND b.cancel_requested_at IS NULL ORDER BY b.queue_seq LIMIT 5"
     ),
     "idx_bookings_cancel_requested": (
         "SELECT b.id FROM bookings b WHERE b.event_id = 1 AND b.cancel_requested_at IS NOT NULL"
-        " AND b.status IN ('pending', 'confirmed') ORDER BY b.id LIMIT 500"
+        " AND b.status IN ('pending', 'waitlisted', 'confirmed') ORDER BY b.id LIMIT 500"
     ),
-    "idx_bookings_confirmed_user": (
+    "idx_bookings_held_user": (
         "SELECT coalesce(sum(b.quantity), 0) FROM bookings b"
-        " WHERE b.event_id = 1 AND b.user_id = 1 AND b.status = 'confirmed'"
+        " WHERE b.event_id = 1 AND b.user_id = 1 AND b.status IN ('confirmed', 'waitlisted')"
     ),
     "idx_bookings_event_id_id": "SELECT * FROM bookings WHERE event_id = 1 ORDER BY id LIMIT 50",
     "idx_bookings_user_id": (
@@ -57,12 +61,14 @@ SELECT g, 'E', now() + interval '1 day', 100000, 100000 FROM generate_series(1, 
 INSERT INTO bookings (booking_id, user_id, event_id, status, reason, idempotency_key,
                       cancel_requested_at)
 SELECT 'bk_' || g, 1 + g % 500, 1 + g % 100,
-       CASE WHEN g > 19000 THEN 'pending' WHEN g % 4 = 0 THEN 'rejected' ELSE 'confirmed' END,
-       CASE WHEN g <= 19000 AND g % 4 = 0 THEN 'sold_out' END, 'k' || g,
+       CASE WHEN g > 19000 THEN 'pending' WHEN g > 18500 THEN 'waitlisted'
+            WHEN g % 4 = 0 THEN 'rejected' ELSE 'confirmed' END,
+       CASE WHEN g <= 18500 AND g % 4 = 0 THEN 'sold_out' END, 'k' || g,
        CASE WHEN g <= 19000 AND g % 97 = 1 THEN now() END
 FROM generate_series(1, 20000) g;
 INSERT INTO booking_logs (booking_id, action, user_id, event_id)
-SELECT booking_id, status, user_id, event_id FROM bookings WHERE status <> 'pending';
+SELECT booking_id, status, user_id, event_id FROM bookings
+WHERE status NOT IN ('pending', 'waitlisted');
 ANALYZE users, events, bookings, booking_logs;
 """
 

@@ -18,28 +18,55 @@ from common.bookings.schemas import BookingCreate
 from common.bookings.service import new_booking_id
 from common.errors import EventPast, SoldOut, ValidationFailed
 
-# started, seats left, max per user, seats the user holds, quantity asked -> verdict
+# waitlist on, started, seats left, max per user, seats the user holds, quantity -> verdict
 CASES = [
-    pytest.param(False, 5, 4, 0, 2, "confirmed", id="confirmed"),
-    pytest.param(False, 2, 4, 2, 2, "confirmed", id="exactly-the-seats-and-the-limit"),
-    pytest.param(True, 0, 1, 1, 2, "event_past", id="started-beats-every-other-rule"),
-    pytest.param(False, 1, 2, 2, 2, "sold_out", id="sold-out-before-the-limit"),
-    pytest.param(False, 10, 4, 3, 2, "limit_exceeded", id="limit"),
+    pytest.param(False, False, 5, 4, 0, 2, "confirmed", id="confirmed"),
+    pytest.param(False, False, 2, 4, 2, 2, "confirmed", id="exactly-the-seats-and-the-limit"),
+    pytest.param(False, True, 0, 1, 1, 2, "event_past", id="started-beats-every-other-rule"),
+    pytest.param(False, False, 1, 2, 2, 2, "sold_out", id="sold-out-before-the-limit"),
+    pytest.param(False, False, 10, 4, 3, 2, "limit_exceeded", id="limit"),
+    # With the waitlist: the seats held are waitlisted ones when no seats are left (they count
+    # for the limit), and someone else holds 3 seats unless the case needs a small event.
+    pytest.param(True, False, 1, 4, 0, 2, "waitlisted", id="waitlisted"),
+    pytest.param(True, False, 5, 4, 0, 2, "confirmed", id="waitlist-not-needed"),
+    pytest.param(True, True, 0, 4, 0, 2, "event_past", id="waitlist-event-started"),
+    pytest.param(True, False, 0, 4, 2, 1, "waitlisted", id="waitlisted-behind-own-request"),
+    pytest.param(True, False, 0, 3, 2, 2, "limit_exceeded", id="waitlisted-seats-count"),
+    pytest.param(True, False, 1, 8, 0, 8, "sold_out", id="more-than-the-event-holds"),
 ]
+FIELDS = ("waitlist", "started", "seats_left", "max_per_user", "held", "quantity", "verdict")
+# Intake storing a request to be waitlisted, and the seat snapshots knowing an event's waitlist,
+# come with the waitlist-intake branch; until it is merged those cases fail, as they should.
+INTAKE_BRANCH = pytest.mark.xfail(
+    strict=True, reason="intake of waitlist requests: waitlist-intake"
+)
 
 
 @pytest.fixture
 def situation(db, make_user, make_event):
     """An event with the seats left and the limit of a case, and a user holding some of them."""
 
-    def make(started: bool, seats_left: int, max_per_user: int, held: int):
+    def make(waitlist: bool, started: bool, seats_left: int, max_per_user: int, held: int):
         user = make_user()
+        waiting = bool(waitlist and held and not seats_left)
+        taken = 3 if waitlist and max_per_user < 8 else 0
         event = make_event(
-            capacity=seats_left + held,
+            capacity=seats_left + taken + (0 if waiting else held),
             available=seats_left,
             max_per_user=max_per_user,
             starts_in=timedelta(hours=-1 if started else 24),
         )
+        if taken:
+            db.add(
+                Booking(
+                    booking_id="bk_taken",
+                    user_id=make_user().id,
+                    event_id=event.id,
+                    quantity=taken,
+                    status="confirmed",
+                    decided_at=datetime.now(UTC),
+                )
+            )
         if held:
             db.add(
                 Booking(
@@ -47,21 +74,32 @@ def situation(db, make_user, make_event):
                     user_id=user.id,
                     event_id=event.id,
                     quantity=held,
-                    status="confirmed",
-                    decided_at=datetime.now(UTC),
+                    status="waitlisted" if waiting else "confirmed",
+                    decided_at=None if waiting else datetime.now(UTC),
                 )
             )
-            db.commit()
+        db.flush()
+        # The rows above were stored as decided or waitlisted: the line as the decider leaves it.
+        db.execute(
+            text(
+                "UPDATE events e SET waitlist_enabled = :waitlist, line_through = l.line_through,"
+                " line_gone = l.line_gone, waitlist_length = :waiting"
+                " FROM line_after(:id, '{}', ARRAY(SELECT b.queue_seq FROM bookings b"
+                " WHERE b.event_id = :id AND b.status <> 'waitlisted')) l WHERE e.id = :id"
+            ),
+            {"id": event.id, "waitlist": waitlist, "waiting": int(waiting)},
+        )
+        db.commit()
         return user, event
 
     return make
 
 
-@pytest.mark.parametrize(
-    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
-)
-def test_the_function(db, situation, started, seats_left, max_per_user, held, quantity, verdict):
-    _, event = situation(started, seats_left, max_per_user, held)
+@pytest.mark.parametrize(FIELDS, CASES)
+def test_the_function(
+    db, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
+):
+    _, event = situation(waitlist, started, seats_left, max_per_user, held)
     asked = text(
         "SELECT booking_verdict(e, :quantity, e.available_seats, :held) FROM events e"
         " WHERE e.id = :id"
@@ -69,13 +107,11 @@ def test_the_function(db, situation, started, seats_left, max_per_user, held, qu
     assert db.scalar(asked, {"quantity": quantity, "held": held, "id": event.id}) == verdict
 
 
-@pytest.mark.parametrize(
-    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
-)
+@pytest.mark.parametrize(FIELDS, CASES)
 def test_the_batch_decider(
-    db, situation, started, seats_left, max_per_user, held, quantity, verdict
+    db, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
 ):
-    user, event = situation(started, seats_left, max_per_user, held)
+    user, event = situation(waitlist, started, seats_left, max_per_user, held)
     db.add(Booking(booking_id="bk_asked", user_id=user.id, event_id=event.id, quantity=quantity))
     db.commit()
     [decision] = procedures.process_event_queue(db, event.id, 10, "test")
@@ -83,16 +119,15 @@ def test_the_batch_decider(
     assert (decision.reason or decision.status) == verdict
 
 
-@pytest.mark.parametrize(
-    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
-)
+@pytest.mark.parametrize(FIELDS, CASES)
 def test_the_single_booking_procedure(
-    db, situation, started, seats_left, max_per_user, held, quantity, verdict
+    db, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
 ):
-    user, event = situation(started, seats_left, max_per_user, held)
+    user, event = situation(waitlist, started, seats_left, max_per_user, held)
     outcome = procedures.create_booking(db, user.id, event.id, "bk_asked", quantity)
     db.commit()
-    assert outcome == verdict
+    # The synchronous design has no waitlist: what the rules would waitlist is sold out there.
+    assert outcome == ("sold_out" if verdict == "waitlisted" else verdict)
 
 
 # Intake asks the rules with no seats held yet (p_held = 0): the batched intake must refuse what
@@ -107,31 +142,32 @@ def _intake_verdict(db, event_id: int, quantity: int) -> str:
     return db.scalar(asked, {"quantity": quantity, "id": event_id})
 
 
-@pytest.mark.parametrize(
-    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
-)
+@pytest.mark.parametrize(FIELDS, CASES)
 def test_the_batched_intake(
-    db, session_factory, situation, started, seats_left, max_per_user, held, quantity, verdict
-):
-    user, event = situation(started, seats_left, max_per_user, held)
+    db, session_factory, request, situation, waitlist, started, seats_left, max_per_user, held,
+    quantity, verdict,
+):  # fmt: skip
+    user, event = situation(waitlist, started, seats_left, max_per_user, held)
     expected = _intake_verdict(db, event.id, quantity)
+    if expected == "waitlisted":
+        request.applymarker(INTAKE_BRANCH)
     request = IntakeRequest(
         user.id, BookingCreate(eventId=event.id, quantity=quantity), new_booking_id()
     )
     [outcome], _ = write_batch(session_factory, [request], lambda _: None, None)
-    if expected == "confirmed":
+    if expected in ("confirmed", "waitlisted"):  # stored; the worker decides which
         assert isinstance(outcome, tuple) and outcome[1] is True
     else:
         assert type(outcome) is INTAKE_ERRORS[expected]
 
 
-@pytest.mark.parametrize(
-    ("started", "seats_left", "max_per_user", "held", "quantity", "verdict"), CASES
-)
+@pytest.mark.parametrize(FIELDS, CASES)
 def test_the_seat_snapshot(
-    db, situation, started, seats_left, max_per_user, held, quantity, verdict
+    db, request, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
 ):
-    _, event = situation(started, seats_left, max_per_user, held)
+    _, event = situation(waitlist, started, seats_left, max_per_user, held)
+    if _intake_verdict(db, event.id, quantity) == "waitlisted":
+        request.applymarker(INTAKE_BRANCH)  # observe() learns of the waitlist there
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts_at = event.event_date.timestamp()
     snapshots.observe(

@@ -1,8 +1,12 @@
 """What the booking pipeline publishes after each committed batch.
 
-To the event's channel, one message per batch that moved seats (never one per booking):
-``booking_created`` (only confirmations), ``booking_cancelled`` (only cancellations) or
-``seat_update`` (both); all three carry the same seat fields and the event's new ``version``.
+To the event's channel, one message per batch (never one per booking): ``booking_created``
+(only confirmations), ``booking_cancelled`` (only cancellations) or ``seat_update`` (both) when
+the batch confirmed or cancelled anything, else ``line_update`` (requests waitlisted or
+rejected: only the line moved). All four carry the same seat fields, the event's ``version``,
+the batch's counts (``promoted`` ones, confirmed from the waitlist, are also in ``confirmed``)
+and the event's ``line`` after it: ``through`` and ``gone`` (its cursor, common/bookings/line.py),
+``waiting`` (the line's length) and ``waitlisted`` (the waitlist's).
 To the decisions channel, one ``booking_statuses`` message per batch: the ``booking_status`` of
 every decided request with its owner's ``userId``; each API process hands each one to its
 waiters and to that user's sockets (as ``booking_status``, without ``userId``).
@@ -21,14 +25,17 @@ from common.pubsub import encode, now_iso
 
 
 def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | None:
+    if not decisions:
+        return None
     confirmed = sum(1 for d in decisions if d.status == "confirmed")
     cancelled = sum(1 for d in decisions if d.status == "cancelled")
-    if not confirmed and not cancelled:
-        return None
+    waitlisted = sum(1 for d in decisions if d.status == "waitlisted")
     if confirmed and cancelled:
         kind = "seat_update"
-    else:
+    elif confirmed or cancelled:
         kind = "booking_created" if confirmed else "booking_cancelled"
+    else:
+        kind = "line_update"
     last = decisions[-1]
     return kind, {
         "eventId": last.event_id,
@@ -38,7 +45,15 @@ def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | 
         "timestamp": now_iso(),
         "confirmed": confirmed,
         "cancelled": cancelled,
-        "rejected": len(decisions) - confirmed - cancelled,
+        "rejected": len(decisions) - confirmed - cancelled - waitlisted,
+        "waitlisted": waitlisted,
+        "promoted": sum(1 for d in decisions if d.promoted),
+        "line": {
+            "through": last.line_through,
+            "gone": list(last.line_gone),
+            "waiting": last.line_waiting,
+            "waitlisted": last.waitlist_length,
+        },
     }
 
 
@@ -51,6 +66,9 @@ def status_message(decision: Decision, timestamp: str | None = None) -> dict[str
         "quantity": decision.quantity,
         "availableSeats": decision.seats_left,
         "decidedAt": decision.decided_at.isoformat() if decision.decided_at else None,
+        "queueSeq": decision.queue_seq,
+        "queuePosition": decision.queue_position,
+        "promoted": decision.promoted,
         "timestamp": timestamp or now_iso(),
     }
 
@@ -71,7 +89,7 @@ def publish_decisions(client: redis.Redis, decisions: Sequence[Decision]) -> Non
         return
     args: list[str] = []
     seat = seat_message(decisions)
-    if seat is not None:
+    if seat is not None:  # always, for a batch
         kind, data = seat
         args += (event_channel(decisions[0].event_id), encode(kind, data))
     stamp = now_iso()  # one clock read per batch: they were all published together

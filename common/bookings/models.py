@@ -26,6 +26,7 @@ REASONS = ("sold_out", "limit_exceeded", "event_past")
 
 class Booking(TimestampMixin, Base):
     __tablename__ = "bookings"
+    __allow_unmapped__ = True  # queue_position, below, is no column
     __table_args__ = (
         CheckConstraint(
             "status IN ('pending', 'waitlisted', 'confirmed', 'rejected', 'cancelled')",
@@ -58,11 +59,12 @@ class Booking(TimestampMixin, Base):
                 " AND cancel_requested_at IS NOT NULL"
             ),
         ),
+        # The seats a user holds or waits for (per-user limit), in both deciders.
         Index(
-            "idx_bookings_confirmed_user",
+            "idx_bookings_held_user",
             "event_id",
             "user_id",
-            postgresql_where="status = 'confirmed'",
+            postgresql_where="status IN ('confirmed', 'waitlisted')",
         ),
     )
 
@@ -85,6 +87,9 @@ class Booking(TimestampMixin, Base):
     # The request's number in its event's line, 1, 2, 3, ... in arrival order, given by the
     # database (trigger assign_queue_seq); never set it here.
     queue_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # Not stored: the place in line as of the read that loaded the booking with its event's
+    # cursor (common/bookings/line.py); None for a booking out of the line.
+    queue_position: int | None = None
 
 
 class BookingLog(Base):

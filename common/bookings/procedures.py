@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from common.bookings.schemas import Decision
 
 # The advisory lock class process_event_queue takes with the event id while it decides a batch
-# ('EBSD' in ASCII; migrations/sql/process_event_queue/0006.sql).
+# ('EBSD' in ASCII; migrations/sql/process_event_queue/0007.sql).
 DRAIN_LOCK_CLASS = 1162957636
 BUSY = "EBUSY"  # the SQLSTATE it raises when another drain holds that lock
 
@@ -36,6 +36,16 @@ def process_event_queue(session: Session, event_id: int, limit: int, worker: str
     return [Decision.model_construct(event_id=event_id, **row) for row in rows]
 
 
+def promote_waitlist(session: Session, event_id: int, worker: str) -> list[Decision]:
+    """Confirm the event's waitlisted requests its free seats now fit (arrival order, the head
+    waits), in the caller's transaction, which must hold the event row (``update_event``)."""
+    rows = session.execute(
+        text("SELECT * FROM promote_waitlist(:event_id, :worker)"),
+        {"event_id": event_id, "worker": worker},
+    ).mappings()
+    return [Decision.model_construct(event_id=event_id, **row) for row in rows]
+
+
 def create_booking(
     session: Session, user_id: int, event_id: int, booking_id: str, quantity: int
 ) -> str:
@@ -48,6 +58,13 @@ def create_booking(
 
 def seat_invariant_violations(session: Session) -> list[dict[str, int]]:
     rows = session.execute(text("SELECT * FROM seat_invariant_violations()")).mappings()
+    return [dict(row) for row in rows]
+
+
+def waitlist_violations(session: Session) -> list[dict[str, object]]:
+    """What is wrong with the waiting room: a waitlist stuck while its head fits the free
+    seats, a line cursor or waitlist length that disagrees with the rows."""
+    rows = session.execute(text("SELECT * FROM waitlist_violations()")).mappings()
     return [dict(row) for row in rows]
 
 

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from common.schemas import Page, ReadSchema, WriteSchema
 
-Status = Literal["pending", "confirmed", "rejected", "cancelled"]
+Status = Literal["pending", "waitlisted", "confirmed", "rejected", "cancelled"]
 Reason = Literal["sold_out", "limit_exceeded", "event_past"]
 MAX_QUANTITY = 1000
 
@@ -48,7 +48,8 @@ class BookingLogRead(ReadSchema):
 
 
 class Decision(ReadSchema):
-    """One row of ``process_event_queue``: what the worker decided for one request."""
+    """One row of ``process_event_queue`` (or ``promote_waitlist``): what was decided for one
+    request, with the event's seats and its line (common/bookings/line.py) after the batch."""
 
     booking_id: str
     user_id: int
@@ -62,3 +63,10 @@ class Decision(ReadSchema):
     version: int
     created_at: datetime
     decided_at: datetime | None
+    queue_seq: int
+    queue_position: int | None  # the place in line of a request just waitlisted
+    promoted: bool  # confirmed from the waitlist
+    line_through: int
+    line_gone: list[int]
+    line_waiting: int  # the line's length
+    waitlist_length: int

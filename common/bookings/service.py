@@ -376,13 +376,17 @@ def drain_event(
 
 def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
     """Events with a request waiting longer than it should that no drain is working on: their
-    signal or task was lost. (A hot event's backlog is older than that while it drains.)"""
+    signal or task was lost. (A hot event's backlog is older than that while it drains.) And
+    events that have started with requests still waitlisted: nothing else tells the decider
+    to reject them (``event_past``)."""
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
     pending = select(Booking.event_id).where(
         Booking.status == "pending", Booking.created_at < cutoff
     )
     cancelling = select(Booking.event_id).where(
-        Booking.status.in_(("pending", "confirmed")), Booking.cancel_requested_at < cutoff
+        Booking.status.in_(("pending", "waitlisted", "confirmed")),
+        Booking.cancel_requested_at < cutoff,
     )
-    waiting = set(session.scalars(pending.union(cancelling)))
+    started = select(Event.id).where(Event.waitlist_length > 0, Event.event_date <= func.now())
+    waiting = set(session.scalars(pending.union(cancelling, started)))
     return sorted(waiting - procedures.events_being_drained(session))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Collection
 from datetime import UTC, datetime
 
@@ -9,6 +11,8 @@ import redis
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from common.bookings import procedures
+from common.bookings.messages import publish_decisions
 from common.bookings.models import Booking
 from common.db import on_commit
 from common.errors import (
@@ -102,9 +106,19 @@ def update_event(
     event.version += 1
     event.updated_at = datetime.now(UTC)
     session.flush()
+    # Seats the change leaves free go to the waitlist in this transaction: nobody waits while
+    # seats are free (``ebs check``). The promoted are told as a decider's batch is.
+    promoted = procedures.promote_waitlist(session, event_id, api_worker_name())
     session.refresh(event)
     on_commit(session, lambda: publish_event_updated(publisher, event))
+    if promoted:
+        on_commit(session, lambda: publish_decisions(publisher, promoted))
     return event
+
+
+def api_worker_name() -> str:
+    """Who decided, in the audit log, when the API promotes: ``api:host:pid``."""
+    return f"api:{socket.gethostname()}:{os.getpid()}"
 
 
 def delete_event(session: Session, actor: User, event_id: int, publisher: redis.Redis) -> None:
@@ -114,7 +128,8 @@ def delete_event(session: Session, actor: User, event_id: int, publisher: redis.
     held = session.scalar(
         select(
             exists().where(
-                Booking.event_id == event_id, Booking.status.in_(("pending", "confirmed"))
+                Booking.event_id == event_id,
+                Booking.status.in_(("pending", "waitlisted", "confirmed")),
             )
         )
     )

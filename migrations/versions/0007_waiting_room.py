@@ -15,6 +15,14 @@
 
 Existing bookings are numbered by id within their event; the cursor is set from them.
 
+The decider (process_event_queue 0007) keeps the line: it promotes from the waitlist after its
+cancellations, rejects the waitlist once the event has started and waitlists pending requests
+the verdict says to, moving the cursor with line_after (the shared piece) in each batch.
+promote_waitlist does the same promotion for the API when an edit leaves seats free,
+create_booking moves the cursor past the rows it inserts decided, and waitlist_violations is
+`ebs check`'s look at the waitlist. ``idx_bookings_confirmed_user`` becomes
+``idx_bookings_held_user``: the per-user limit counts waitlisted seats too.
+
 Revision ID: 0007
 Revises: 0006
 """
@@ -36,6 +44,10 @@ STATUSES_0001 = "status IN ('pending', 'confirmed', 'rejected', 'cancelled')"
 STATUSES = "status IN ('pending', 'waitlisted', 'confirmed', 'rejected', 'cancelled')"
 CANCEL_0001 = "status IN ('pending', 'confirmed') AND cancel_requested_at IS NOT NULL"
 CANCEL = "status IN ('pending', 'waitlisted', 'confirmed') AND cancel_requested_at IS NOT NULL"
+HELD = "status IN ('confirmed', 'waitlisted')"
+DROP_BATCH = "DROP FUNCTION IF EXISTS process_event_queue(integer, integer, text)"
+# The cursor helper, the waitlist's head, the capacity promotion, the check: in dependency order.
+NEW_FUNCTIONS = ("line_after", "waitlist_head", "promote_waitlist", "waitlist_violations")
 
 NUMBER_EXISTING = """
 UPDATE bookings b SET queue_seq = n.seq
@@ -128,8 +140,31 @@ def upgrade() -> None:
     )
     _install("booking_verdict", "0007")
 
+    # Seats a user holds for the per-user limit are now confirmed and waitlisted ones.
+    op.drop_index("idx_bookings_confirmed_user", table_name="bookings")
+    op.create_index(
+        "idx_bookings_held_user", "bookings", ["event_id", "user_id"], postgresql_where=HELD
+    )
+    for function in NEW_FUNCTIONS:
+        _install(function, "0007")
+    op.execute(DROP_BATCH)
+    _install("process_event_queue", "0007")
+    _install("create_booking", "0007")
+
 
 def downgrade() -> None:
+    op.execute(DROP_BATCH)
+    _install("process_event_queue", "0006")
+    _install("create_booking", "0005")
+    for function in reversed(NEW_FUNCTIONS):
+        op.execute(f"DROP FUNCTION {function}")
+    op.drop_index("idx_bookings_held_user", table_name="bookings")
+    op.create_index(
+        "idx_bookings_confirmed_user",
+        "bookings",
+        ["event_id", "user_id"],
+        postgresql_where="status = 'confirmed'",
+    )
     op.execute("DROP TRIGGER bookings_queue_seq ON bookings")
     op.execute("DROP FUNCTION assign_queue_seq()")
     op.execute("DROP TRIGGER events_open_line ON events")
