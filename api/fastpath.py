@@ -88,6 +88,7 @@ def start(state: Any) -> None:
         state.session_factory,
         state.signal,
         max_pending=settings.MAX_PENDING_PER_USER,
+        max_line=settings.QUEUE_MAX_PER_EVENT,
         window=settings.INTAKE_BATCH_WINDOW,
         batch_size=settings.INTAKE_BATCH_SIZE,
         writers=settings.INTAKE_WRITERS,

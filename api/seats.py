@@ -16,13 +16,24 @@ cancellation are offered again as soon as its message arrives, and at the latest
 bound; a reconnect of the subscription (messages may have been missed) forgets every snapshot.
 Anything the snapshot does not settle (enough seats shown, a started event, a quantity over the
 limit, an ``Idempotency-Key``) goes to the database as before.
+
+An event with a waitlist is never refused from memory: a request it cannot seat now is stored
+and waitlisted. Nor is a full line (503 ``QUEUE_FULL``) refused from memory: the line grows with
+every request any API process stores, which no snapshot here sees exactly, so intake's SQL
+counts it. What this process does keep for it is each event's pace: the seat messages carry the
+line's cursor (``line``: every number up to ``through`` and those in ``gone`` have left it), so
+``through + len(gone)`` is how many requests have left the line; ``LinePace`` turns the
+recent rate of that count into the ``Retry-After`` of a ``QUEUE_FULL``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,9 +46,16 @@ from common.db import session_scope
 logger = logging.getLogger(__name__)
 
 READ = text(
-    "SELECT available_seats, version, max_seats_per_user, extract(epoch FROM event_date)"
-    " FROM events WHERE id = :id"
+    "SELECT available_seats, version, max_seats_per_user, extract(epoch FROM event_date),"
+    " waitlist_enabled FROM events WHERE id = :id"
 )
+# Retry-After of a QUEUE_FULL (docs/API.md, "Waiting room"): the seconds the line needs, at the
+# pace measured over the last PACE_WINDOW seconds, to let one more request in; within these
+# bounds, and UNKNOWN_PACE_RETRY without a pace.
+PACE_WINDOW = 30.0
+PACE_SAMPLES = 64
+RETRY_BOUNDS = (1, 60)
+UNKNOWN_PACE_RETRY = 5
 
 
 @dataclass(slots=True)
@@ -47,6 +65,7 @@ class Seats:
     max_per_user: int
     starts_at: float  # epoch seconds
     seen: float  # monotonic time it was read or confirmed
+    waitlist: bool = False
 
 
 class SeatSnapshots:
@@ -55,6 +74,7 @@ class SeatSnapshots:
         self.max_age = max_age
         self._seats: dict[int, Seats] = {}
         self._reads: dict[int, asyncio.Future[None]] = {}
+        self.pace = LinePace()
 
     def sold_out(self, event_id: int, quantity: int) -> int | None:
         """The seats left if the event surely cannot take ``quantity`` more; else None."""
@@ -66,6 +86,7 @@ class SeatSnapshots:
             return None
         if (
             seats.available >= quantity
+            or seats.waitlist  # stored and waitlisted, never sold out from here
             or quantity > seats.max_per_user  # the limit's own error, from the database
             or seats.starts_at <= time.time()  # EVENT_PAST, from the database
         ):
@@ -89,10 +110,10 @@ class SeatSnapshots:
         if row is not None:
             self.observe(event_id, *row, seen=seen)
 
-    def _read(self, event_id: int) -> tuple[int, int, int, float] | None:
+    def _read(self, event_id: int) -> tuple[int, int, int, float, bool] | None:
         with session_scope(self.factory) as session:
             row = session.execute(READ, {"id": event_id}).one_or_none()
-        return None if row is None else (row[0], row[1], row[2], float(row[3]))
+        return None if row is None else (row[0], row[1], row[2], float(row[3]), row[4])
 
     def observe(
         self,
@@ -101,11 +122,12 @@ class SeatSnapshots:
         version: int,
         max_per_user: int,
         starts_at: float,
+        waitlist: bool = False,
         *,
         seen: float,
     ) -> None:
         """Facts read from the event's row at monotonic time ``seen`` (a read, an intake batch)."""
-        self._keep(event_id, Seats(available, version, max_per_user, starts_at, seen))
+        self._keep(event_id, Seats(available, version, max_per_user, starts_at, seen, waitlist))
 
     def _keep(self, event_id: int, seats: Seats) -> None:
         current = self._seats.get(event_id)
@@ -126,7 +148,9 @@ class SeatSnapshots:
         data = message.get("data") or {}
         if message.get("type") == "event_deleted":
             self._seats.pop(ident, None)
+            self.pace.forget(ident)
             return
+        self.pace.heard(ident, data.get("line"))
         available, version = data.get("availableSeats"), data.get("version")
         if not isinstance(available, int) or not isinstance(version, int):
             return
@@ -135,11 +159,63 @@ class SeatSnapshots:
             try:
                 starts_at = datetime.fromisoformat(data["eventDate"]).timestamp()
                 max_per_user = int(data["maxSeatsPerUser"])
+                waitlist = data["waitlistEnabled"]
+                if not isinstance(waitlist, bool):
+                    raise TypeError("waitlistEnabled")
             except (KeyError, TypeError, ValueError):
                 self._seats.pop(ident, None)
                 return
         elif current is not None:
             starts_at, max_per_user = current.starts_at, current.max_per_user
+            waitlist = current.waitlist
         else:
             return  # a seat message alone lacks the limit and the date: read when needed
-        self._keep(ident, Seats(available, version, max_per_user, starts_at, time.monotonic()))
+        seats = Seats(available, version, max_per_user, starts_at, time.monotonic(), waitlist)
+        self._keep(ident, seats)
+
+
+class LinePace:
+    """How fast each event's line moves, as this process hears it from the seat messages."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # Per event, (clock time, requests that had left its line), the count rising.
+        self._departed: dict[int, deque[tuple[float, int]]] = {}
+
+    def heard(self, event_id: int, line: Any) -> None:
+        """Note how many requests had left the event's line, from a seat message's ``line``."""
+        if not isinstance(line, dict):
+            return
+        through, gone = line.get("through"), line.get("gone")
+        if not isinstance(through, int) or not isinstance(gone, list):
+            return
+        departed = through + len(gone)
+        samples = self._departed.get(event_id)
+        if samples is None:
+            samples = self._departed[event_id] = deque(maxlen=PACE_SAMPLES)
+        # Messages of one event can arrive out of order: an older cursor says nothing new.
+        if not samples or departed > samples[-1][1]:
+            samples.append((self.clock(), departed))
+
+    def forget(self, event_id: int) -> None:
+        self._departed.pop(event_id, None)
+
+    def rate(self, event_id: int) -> float | None:
+        """Requests leaving the event's line per second, over the last ``PACE_WINDOW`` seconds
+        (up to now, so a line that stopped moving slows down); None if not measured."""
+        samples = self._departed.get(event_id)
+        now = self.clock()
+        while samples and now - samples[0][0] > PACE_WINDOW:
+            samples.popleft()
+        if not samples or len(samples) < 2:
+            return None
+        (first, departed_first), (_, departed_last) = samples[0], samples[-1]
+        return (departed_last - departed_first) / max(now - first, 1e-3)
+
+    def retry_after(self, event_id: int, excess: int) -> int:
+        """Seconds until ``excess`` more requests have left the event's line at its pace."""
+        rate = self.rate(event_id)
+        if rate is None:
+            return UNKNOWN_PACE_RETRY
+        low, high = RETRY_BOUNDS
+        return max(low, min(high, math.ceil(max(excess, 1) / rate)))

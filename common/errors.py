@@ -27,6 +27,7 @@ DomainError (500 INTERNAL_ERROR)
 │   ├── TooManySignUps (429 TOO_MANY_SIGNUPS)
 │   └── TooManyPending (429 TOO_MANY_PENDING)
 └── ServiceUnavailable (503 SERVICE_UNAVAILABLE)
+    └── QueueFull (503 QUEUE_FULL)
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class EventPast(Conflict):
 
 class EventHasBookings(Conflict):
     code = "EVENT_HAS_BOOKINGS"
-    default_message = "The event has confirmed or pending bookings"
+    default_message = "The event has confirmed, pending or waitlisted bookings"
 
 
 class CapacityBelowBooked(Conflict):
@@ -182,6 +183,18 @@ class ServiceUnavailable(DomainError):
     status_code = 503
     code = "SERVICE_UNAVAILABLE"
     default_message = "A backing service is unavailable"
+
+
+class QueueFull(ServiceUnavailable):
+    """The event's line holds ``QUEUE_MAX_PER_EVENT`` requests: nothing was stored. ``excess``
+    is how many must leave the line before one more fits (the API turns it into Retry-After)."""
+
+    code = "QUEUE_FULL"
+    default_message = "Too many requests are waiting for this event; try again later"
+
+    def __init__(self, message: str | None = None, *, excess: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.excess = excess
 
 
 # The error a client gets for each reason a booking is rejected with (the deciders' reasons).

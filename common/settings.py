@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     MAX_PENDING_PER_USER: int = Field(
         default=20, ge=1, description="undecided booking requests one user may have; then 429"
     )
+    QUEUE_MAX_PER_EVENT: int = Field(
+        default=50_000, ge=1, description="requests one event's line may hold; then 503"
+    )
 
     # Abuse limits (fixed one-minute windows in Redis).
     LOGIN_ATTEMPTS_PER_ACCOUNT: int = Field(default=5, ge=1, description="per email per window")

@@ -38,11 +38,11 @@ from api.metrics import record_accepted
 from api.seats import SeatSnapshots
 from common.bookings import service
 from common.bookings.intake import IntakeRequest, IntakeWriter
-from common.bookings.models import Booking
+from common.bookings.models import IN_LINE, Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
 from common.bookings.status import apply_decision, is_settled
 from common.db import session_scope
-from common.errors import REJECTIONS, SoldOut
+from common.errors import REJECTIONS, QueueFull, SoldOut
 from common.settings import Settings
 from common.users import service as users_service
 
@@ -90,7 +90,9 @@ def _decided_response(booking: Booking, *, ok_status: int, headers: dict[str, st
     if booking.status == "rejected" and booking.reason in REJECTIONS:
         error = REJECTIONS[booking.reason](details=[{"bookingId": booking.booking_id}])
         raise error
-    code = ok_status if is_settled(booking) else status.HTTP_202_ACCEPTED
+    # In line (a waitlisted request is settled, but has no seat yet): still 202.
+    settled = is_settled(booking) and booking.status not in IN_LINE
+    code = ok_status if settled else status.HTTP_202_ACCEPTED
     return JSONResponse(ok(_read(booking)), status_code=code, headers=headers)
 
 
@@ -100,7 +102,7 @@ def _decided_response(booking: Booking, *, ok_status: int, headers: dict[str, st
     response_model=Envelope[BookingRead],
     responses={
         201: {"description": "Confirmed within the `Prefer: wait` time"},
-        **error_responses(400, 401, 404, 409, 413, 429),
+        **error_responses(400, 401, 404, 409, 413, 429, 503),
     },
 )
 async def create_booking(
@@ -114,11 +116,15 @@ async def create_booking(
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> JSONResponse:
-    """Accept a booking request: stored as ``pending`` and committed before the 202.
+    """Accept a booking request: stored as ``pending`` and committed before the 202, with its
+    ``queuePosition`` in the event's line.
 
     A worker decides it in arrival order: ``confirmed``, or ``rejected`` with a reason
-    (``sold_out``, ``limit_exceeded``, ``event_past``). Poll the ``Location``, send
-    ``Prefer: wait=N``, or listen for ``booking_status`` on the WebSocket.
+    (``sold_out``, ``limit_exceeded``, ``event_past``), or ``waitlisted`` on an event with
+    ``waitlistEnabled`` (confirmed later, in arrival order, as seats come back). Poll the
+    ``Location``, send ``Prefer: wait=N`` (answered 202 as soon as it is waitlisted), or listen
+    for ``booking_status`` on the WebSocket. 503 ``QUEUE_FULL`` with ``Retry-After`` when the
+    event's line holds ``QUEUE_MAX_PER_EVENT`` requests.
     """
     return await accept_booking(
         settings, factory, hub, writer, seats, user_id, body, idempotency_key, prefer
@@ -144,7 +150,8 @@ async def accept_booking(
             raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
     booking_id = service.new_booking_id()
     # Stored with the other requests of the moment in one statement and one commit.
-    intake = partial(writer.submit, IntakeRequest(user_id, body, booking_id, idempotency_key))
+    request = IntakeRequest(user_id, body, booking_id, idempotency_key)
+    intake = partial(_submit, writer, seats, request)
 
     if not wait:
         booking, created = await intake()
@@ -168,7 +175,7 @@ async def accept_booking(
         "Location": f"/api/bookings/{booking.booking_id}",
         "Preference-Applied": f"wait={wait}",
     }
-    if message is not None and message.get("status") in ("confirmed", "rejected"):
+    if message is not None and message.get("status") in ("confirmed", "rejected", "waitlisted"):
         return _decided_response(
             apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
@@ -180,6 +187,17 @@ async def accept_booking(
         # An idempotent replay of an earlier request: wait for that booking instead.
         booking = await _await_decision(hub, booking.booking_id, wait, reload)
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
+
+
+async def _submit(
+    writer: IntakeWriter, seats: SeatSnapshots, request: IntakeRequest
+) -> tuple[Booking, bool]:
+    try:
+        return await writer.submit(request)
+    except QueueFull as exc:  # when to come back: the event's own pace says
+        retry = seats.pace.retry_after(request.data.event_id, exc.excess)
+        exc.headers["Retry-After"] = str(retry)
+        raise
 
 
 def _accepted(booking: Booking, created: bool) -> None:
@@ -233,6 +251,8 @@ CSV_COLUMNS = [
     "created_at",
     "decided_at",
     "cancelled_at",
+    "queue_seq",
+    "queue_position",
 ]
 
 
@@ -304,7 +324,8 @@ async def get_booking(
     prefer: Prefer = None,
 ) -> JSONResponse:
     """The booking's current state; someone else's booking is 404. With ``Prefer: wait=N``,
-    answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending."""
+    answers once it is decided: 200 confirmed or cancelled, 409 rejected, 202 still pending or
+    waitlisted (``queuePosition`` is its place in line)."""
     return await read_booking(settings, factory, hub, user_id, booking_id, prefer)
 
 
@@ -346,8 +367,9 @@ async def cancel_booking(
     hub: HubDep,
     prefer: Prefer = None,
 ) -> JSONResponse:
-    """Ask to cancel (owner or admin): 202, and a worker frees the seats. 409 if it is already
-    cancelled, was rejected, or the event has started."""
+    """Ask to cancel (owner or admin): 202, and a worker frees the seats (a pending or
+    waitlisted request leaves the line). 409 if it is already cancelled, was rejected, or the
+    event has started."""
     wait = wait_seconds(prefer, settings.MAX_WAIT)
 
     def ask() -> Booking:

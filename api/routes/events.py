@@ -63,6 +63,6 @@ def update_event(
 def delete_event(
     event_id: int, session: SessionDep, user: CurrentUser, publisher: RedisDep
 ) -> dict:
-    """Admin or creator; refused while the event has confirmed or pending bookings."""
+    """Admin or creator; refused while the event has confirmed, pending or waitlisted bookings."""
     service.delete_event(session, user, event_id, publisher)
     return ok({"id": event_id, "deleted": True})

@@ -2,11 +2,12 @@
 milliseconds are stored by one multi-row statement and one commit.
 
 ``write_batch`` runs the same checks as ``service.INTAKE`` (the user exists, the event exists
-and has not started, the quantity is within the event's limit, the event shows the seats, the
-user's pending cap, exact across batches and processes by ``service.lock_pending_counts``,
-``Idempotency-Key`` replays) for every request of the batch at once, and
-answers each one with what ``service.request_booking`` would have: its booking or its domain
-error. Signals go out after the commit, one per event per batch, not one per request.
+and has not started, the quantity is within the event's limit, the event shows the seats or has
+a waitlist, the user's pending cap, exact across batches and processes by
+``service.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
+every request of the batch at once, and answers each one with what ``service.request_booking``
+would have: its booking or its domain error. Signals go out after the commit, one per event
+per batch, not one per request.
 
 If the batch statement fails as a whole, each of its requests is retried on its own (the
 single-request path), so a request that breaks the statement fails alone with its own error.
@@ -40,8 +41,12 @@ from common.db import session_scope
 logger = logging.getLogger(__name__)
 
 # The batched twin of service.INTAKE: one row of facts per request (the rules are
-# booking_verdict's, as there), the inserts in arrival order, and every request's facts
-# returned beside its inserted row (if any).
+# booking_verdict's, as there), and every request's facts returned beside its inserted row (if
+# any). As there, a stored request's retry is no candidate (no gap in the numbers), and each
+# event's line is counted under its arrival counter's lock: here with the batch's own earlier
+# candidates for the event, which its insert is about to add. The counters are locked, and the
+# rows inserted, in event order, so two batches with several events never wait on each other in
+# a circle; within an event, in arrival order.
 INTAKE_BATCH = text(
     """
 WITH req AS (
@@ -54,10 +59,13 @@ WITH req AS (
     SELECT r.*, u.id AS known_user, e.id AS known_event,
            booking_verdict(e, r.r_quantity, e.available_seats, 0) AS verdict,
            e.max_seats_per_user, e.available_seats, e.version AS event_version,
-           extract(epoch FROM e.event_date)::float8 AS starts_at,
+           extract(epoch FROM e.event_date)::float8 AS starts_at, e.waitlist_enabled,
+           e.line_through, e.line_gone,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = r.r_user AND p.status = 'pending'
-                LIMIT :max_pending) mine) AS pending
+                LIMIT :max_pending) mine) AS pending,
+           EXISTS (SELECT 1 FROM bookings k
+                   WHERE k.user_id = r.r_user AND k.idempotency_key = r.r_key) AS replay
     FROM req r
     LEFT JOIN users u ON u.id = r.r_user
     LEFT JOIN events e ON e.id = r.r_event
@@ -66,23 +74,40 @@ WITH req AS (
     -- pending cap too: the statement's own inserts are not visible to its subqueries.
     SELECT f.*, f.pending + coalesce(count(*) FILTER (
                WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL
-                 AND f.verdict = 'confirmed') OVER (
+                 AND f.verdict IN ('confirmed', 'waitlisted') AND NOT f.replay) OVER (
                PARTITION BY f.r_user ORDER BY f.ord
                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS in_flight
     FROM facts f
+), candidates AS (
+    SELECT c.*, (c.known_user IS NOT NULL AND c.known_event IS NOT NULL
+                 AND c.verdict IN ('confirmed', 'waitlisted') AND NOT c.replay
+                 AND c.in_flight < :max_pending) AS candidate
+    FROM counted c
+), lines AS (
+    SELECT l.event_id, l.arrived FROM event_lines l
+    WHERE l.event_id IN (SELECT c.known_event FROM candidates c WHERE c.candidate)
+    ORDER BY l.event_id
+    FOR UPDATE
+), ranked AS (
+    -- NULL unless every other check passed.
+    SELECT c.*, l.arrived - c.line_through - cardinality(c.line_gone) + count(*) FILTER (
+               WHERE c.candidate) OVER (
+               PARTITION BY c.known_event ORDER BY c.ord
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS waiting
+    FROM candidates c LEFT JOIN lines l ON l.event_id = c.known_event AND c.candidate
 ), ins AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT f.r_booking, f.known_user, f.known_event, f.r_quantity, f.r_key, f.r_hash
-    FROM counted f
-    WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL AND f.verdict = 'confirmed'
-      AND f.in_flight < :max_pending
-    ORDER BY f.ord
+    FROM ranked f
+    WHERE f.waiting < :max_line
+    ORDER BY f.known_event, f.ord
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 SELECT f.ord, f.known_user, f.known_event, f.verdict, f.max_seats_per_user, f.available_seats,
-       f.event_version, f.starts_at, f.in_flight AS pending, ins.*
-FROM counted f LEFT JOIN ins ON ins.booking_id = f.r_booking
+       f.event_version, f.starts_at, f.waitlist_enabled, f.in_flight AS pending, f.waiting,
+       f.line_through, f.line_gone, ins.*
+FROM ranked f LEFT JOIN ins ON ins.booking_id = f.r_booking
 ORDER BY f.ord
 """
 ).bindparams(
@@ -106,8 +131,9 @@ class IntakeRequest:
 
 # What a request gets: (booking, created) or the exception it would have raised.
 Outcome = tuple[Booking, bool] | BaseException
-# An event's row as the batch read it: (available seats, version, max per user, starts at).
-EventFacts = tuple[int, int, int, float]
+# An event's row as the batch read it: (available seats, version, max per user, starts at,
+# waitlist enabled).
+EventFacts = tuple[int, int, int, float, bool]
 
 
 def write_batch(
@@ -115,18 +141,21 @@ def write_batch(
     requests: Sequence[IntakeRequest],
     signal: Callable[[int], object],
     max_pending: int | None,
+    max_line: int | None = None,
 ) -> tuple[list[Outcome], dict[int, EventFacts]]:
     """Store a batch in one statement and one commit: each request's outcome, in order, and
     the facts of each event the batch read."""
     try:
-        outcomes, signals, facts = _write_together(factory, requests, max_pending)
+        outcomes, signals, facts = _write_together(factory, requests, max_pending, max_line)
     except Exception as exc:
         # A foreign key that failed names no row (a user or an event deleted meanwhile): alone,
         # INTAKE tells whose. Anything else of a single request is its own error already.
         if len(requests) == 1 and not isinstance(exc, IntegrityError):
             return [exc], {}
         logger.warning("intake batch of %d failed (%s); storing one by one", len(requests), exc)
-        return [_write_alone(factory, request, signal, max_pending) for request in requests], {}
+        return [
+            _write_alone(factory, request, signal, max_pending, max_line) for request in requests
+        ], {}
     for event_id in signals:  # after the commit, once per event
         try:
             signal(event_id)
@@ -136,7 +165,10 @@ def write_batch(
 
 
 def _write_together(
-    factory: sessionmaker[Session], requests: Sequence[IntakeRequest], max_pending: int | None
+    factory: sessionmaker[Session],
+    requests: Sequence[IntakeRequest],
+    max_pending: int | None,
+    max_line: int | None,
 ) -> tuple[list[Outcome], list[int], dict[int, EventFacts]]:
     cap = service.NO_PENDING_CAP if max_pending is None else max_pending
     hashes = [service.request_hash(r.data) for r in requests]
@@ -158,6 +190,7 @@ def _write_together(
                     "keys": [r.idempotency_key for r in requests],
                     "hashes": hashes,
                     "max_pending": cap,
+                    "max_line": service.NO_LINE_CAP if max_line is None else max_line,
                 },
             )
             .mappings()
@@ -170,6 +203,7 @@ def _write_together(
                     row["event_version"],
                     row["max_seats_per_user"],
                     row["starts_at"],
+                    row["waitlist_enabled"],
                 )
             try:
                 booking, created = service.intake_verdict(
@@ -180,6 +214,7 @@ def _write_together(
                     request.idempotency_key,
                     fingerprint,
                     max_pending,
+                    max_line,
                 )
             except Exception as exc:  # a refusal of this request only
                 outcomes.append(exc)
@@ -195,6 +230,7 @@ def _write_alone(
     request: IntakeRequest,
     signal: Callable[[int], object],
     max_pending: int | None,
+    max_line: int | None,
 ) -> Outcome:
     try:
         with session_scope(factory) as session:
@@ -205,6 +241,7 @@ def _write_alone(
                 idempotency_key=request.idempotency_key,
                 signal=signal,
                 max_pending=max_pending,
+                max_line=max_line,
                 booking_id=request.booking_id,
             )
     except Exception as exc:
@@ -220,6 +257,7 @@ class IntakeWriter:
         signal: Callable[[int], object],
         *,
         max_pending: int | None,
+        max_line: int | None = None,
         window: float,
         batch_size: int,
         writers: int,
@@ -231,6 +269,7 @@ class IntakeWriter:
         self.observe = observe
         self.signal = signal
         self.max_pending = max_pending
+        self.max_line = max_line
         self.window = window
         self.batch_size = batch_size
         self.writers = writers
@@ -272,7 +311,13 @@ class IntakeWriter:
         try:
             outcomes: list[Any]
             outcomes, facts = await loop.run_in_executor(
-                self._executor, write_batch, self.factory, requests, self.signal, self.max_pending
+                self._executor,
+                write_batch,
+                self.factory,
+                requests,
+                self.signal,
+                self.max_pending,
+                self.max_line,
             )
         except BaseException as exc:  # e.g. the executor shut down: nobody waits forever
             outcomes = [exc] * len(batch)

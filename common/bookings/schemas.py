@@ -28,6 +28,11 @@ class BookingRead(ReadSchema):
     decided_at: datetime | None
     cancel_requested_at: datetime | None
     cancelled_at: datetime | None
+    queue_seq: int = Field(description="The request's number in its event's line (1, 2, 3, ...)")
+    queue_position: int | None = Field(
+        default=None,
+        description="Its place in line while pending or waitlisted (1 = next), else null",
+    )
 
 
 class BookingPage(Page):

@@ -8,13 +8,14 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
-from sqlalchemy import ColumnElement, Select, func, select, text
+from sqlalchemy import ColumnElement, Row, Select, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings import procedures
+from common.bookings.line import position_of
 from common.bookings.models import Booking, BookingLog
 from common.bookings.schemas import BookingCreate, Decision
 from common.db import on_commit, session_scope
@@ -28,6 +29,7 @@ from common.errors import (
     Forbidden,
     IdempotencyKeyReused,
     InvalidToken,
+    QueueFull,
     SoldOut,
     TooManyPending,
     ValidationFailed,
@@ -50,32 +52,55 @@ def request_hash(data: BookingCreate) -> str:
 # One round trip decides intake: ``facts`` reads what the checks need, ``ins`` inserts only when
 # they all pass, and the row returned carries both, so a refusal costs no more than an accept.
 # The booking rules are booking_verdict's (migrations/sql/booking_verdict/), asked here with no
-# seats held yet and the seats the event shows: what is refused at once is refused by them.
+# seats held yet and the seats the event shows: what is refused at once is refused by them;
+# 'waitlisted' is stored like 'confirmed' (the worker decides which it is).
+#
+# The line's length is counted under the lock of the event's arrival counter (``line``), which
+# the insert's trigger (assign_queue_seq) would take anyway: no other request of the event can
+# be stored meanwhile, so QUEUE_MAX_PER_EVENT is never passed. The cursor is the statement's
+# snapshot and may lag the worker: the count can only be too long, refusing a little early.
+# A retry of a stored request (its Idempotency-Key) is no candidate: the trigger numbers every
+# row it sees, even one ON CONFLICT then drops, and the numbers are meant to have no gaps. Only
+# two requests racing with one key still leave a gap, which overstates the places behind it by
+# one until the head of the line passes it (the decider's cursor skips it).
 INTAKE = text(
     """
 WITH facts AS (
     SELECT e.id AS event_id, booking_verdict(e, :quantity, e.available_seats, 0) AS verdict,
-           e.max_seats_per_user, e.available_seats, u.id AS user_id,
+           e.max_seats_per_user, e.available_seats, e.line_through, e.line_gone,
+           u.id AS user_id,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = :user_id AND p.status = 'pending'
-                LIMIT :max_pending) mine) AS pending
+                LIMIT :max_pending) mine) AS pending,
+           EXISTS (SELECT 1 FROM bookings k
+                   WHERE k.user_id = :user_id AND k.idempotency_key = :idempotency_key) AS replay
     FROM (VALUES (1)) AS one
     LEFT JOIN users u ON u.id = :user_id
     LEFT JOIN events e ON e.id = :event_id
+), line AS (
+    SELECT l.arrived FROM event_lines l JOIN facts f ON l.event_id = f.event_id
+    WHERE f.user_id IS NOT NULL AND f.verdict IN ('confirmed', 'waitlisted') AND NOT f.replay
+      AND f.pending < :max_pending
+    FOR UPDATE OF l
+), checked AS (
+    -- NULL unless every other check passed.
+    SELECT f.*, l.arrived - f.line_through - cardinality(f.line_gone) AS waiting
+    FROM facts f LEFT JOIN line l ON true
 ), ins AS (
     INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
     SELECT :booking_id, f.user_id, f.event_id, :quantity, :idempotency_key, :request_hash
-    FROM facts f
-    WHERE f.user_id IS NOT NULL AND f.event_id IS NOT NULL AND f.verdict = 'confirmed'
-      AND f.pending < :max_pending
+    FROM checked f
+    WHERE f.waiting < :max_line
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 SELECT f.user_id AS known_user, f.event_id AS known_event, f.verdict, f.max_seats_per_user,
-       f.available_seats, f.pending, ins.*
-FROM facts f LEFT JOIN ins ON true
+       f.available_seats, f.pending, f.waiting, f.line_through, f.line_gone, ins.*
+FROM checked f LEFT JOIN ins ON true
 """
 )
+# What intake stores: the verdicts of a request the worker will decide.
+STORED = ("confirmed", "waitlisted")
 # The foreign keys intake's insert can trip when its row is deleted under it (see request_booking).
 GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
     "fk_bookings_event_id_events": EventNotFound,
@@ -83,6 +108,7 @@ GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
 }
 BOOKING_COLUMNS = [column.key for column in Booking.__table__.columns]
 NO_PENDING_CAP = 2**31 - 1
+NO_LINE_CAP = 2**62
 # The advisory lock class ('EBSP') that serialises one user's intakes while the pending cap is
 # counted, so racing requests cannot all see the same count (process_event_queue's is 'EBSD').
 PENDING_LOCK_CLASS = 1162957648
@@ -107,6 +133,7 @@ def request_booking(
     idempotency_key: str | None,
     signal: Signal,
     max_pending: int | None = None,
+    max_line: int | None = None,
     booking_id: str | None = None,
 ) -> tuple[Booking, bool]:
     """Record a booking request as pending. Returns the booking and whether it is new.
@@ -114,13 +141,14 @@ def request_booking(
     Only what is cheap is checked here: the user (a token of a deleted user is refused), the
     event exists and has not started, the quantity is allowed, the user has fewer than
     ``max_pending`` undecided requests (429; exact: the user's intakes take turns while it is
-    counted, ``lock_pending_counts``), and the event shows at least as many seats left as asked
-    for: otherwise 409 SOLD_OUT at once and nothing is stored, since bookings still queued can
-    only take seats away (seats a queued cancellation frees go to later requests). Whether the
-    seats are really there, the per-user limit and the start time are then decided by the worker in
-    arrival order. ``booking_id`` lets the caller listen for the decision before the row
-    exists. A retry with the same ``Idempotency-Key`` gets the booking its first request
-    created.
+    counted, ``lock_pending_counts``), the event's line is shorter than ``max_line`` (503
+    QUEUE_FULL), and the event shows at least as many seats left as asked for, or has a
+    waitlist: otherwise 409 SOLD_OUT at once and nothing is stored, since bookings still queued
+    can only take seats away (seats a queued cancellation frees go to later requests). Whether
+    the seats are really there (or the request is waitlisted), the per-user limit and the start
+    time are then decided by the worker in arrival order. ``booking_id`` lets the caller listen
+    for the decision before the row exists. A retry with the same ``Idempotency-Key`` gets the
+    booking its first request created, whatever the line.
     """
     fingerprint = request_hash(data)
     if max_pending is not None:
@@ -134,6 +162,7 @@ def request_booking(
                     "event_id": data.event_id,
                     "quantity": data.quantity,
                     "max_pending": NO_PENDING_CAP if max_pending is None else max_pending,
+                    "max_line": NO_LINE_CAP if max_line is None else max_line,
                     "booking_id": booking_id or new_booking_id(),
                     "idempotency_key": idempotency_key,
                     "request_hash": fingerprint,
@@ -151,7 +180,7 @@ def request_booking(
             raise
         raise gone() from exc
     booking, created = intake_verdict(
-        session, row, user_id, data, idempotency_key, fingerprint, max_pending
+        session, row, user_id, data, idempotency_key, fingerprint, max_pending, max_line
     )
     if created:
         on_commit(session, lambda: signal(data.event_id))
@@ -166,15 +195,20 @@ def intake_verdict(
     idempotency_key: str | None,
     fingerprint: str,
     max_pending: int | None,
+    max_line: int | None = None,
 ) -> tuple[Booking, bool]:
-    """What one row of ``INTAKE`` (or of the batched intake) means: the booking it stored, an
-    idempotent replay, or the refusal, raised as its domain error."""
+    """What one row of ``INTAKE`` (or of the batched intake) means: the booking it stored, with
+    its place in line, an idempotent replay, or the refusal, raised as its domain error."""
     if row["known_user"] is None:
         raise InvalidToken()
     if row["known_event"] is None:
         raise EventNotFound()
     if row["id"] is not None:
-        return Booking(**{key: row[key] for key in BOOKING_COLUMNS}), True
+        booking = Booking(**{key: row[key] for key in BOOKING_COLUMNS})
+        booking.queue_position = position_of(
+            booking.status, booking.queue_seq, row["line_through"], row["line_gone"]
+        )
+        return booking, True
     if row["verdict"] == "event_past":
         raise EventPast()
     # A quantity no user may ever book is a bad request (400), before any verdict on seats.
@@ -187,6 +221,13 @@ def intake_verdict(
         return existing, False
     if max_pending is not None and row["pending"] >= max_pending:
         raise TooManyPending(headers={"Retry-After": "1"})
+    waiting = row["waiting"]
+    if row["verdict"] in STORED and waiting is not None:
+        bound = NO_LINE_CAP if max_line is None else max_line
+        message = f"{waiting} requests are in this event's line, at most {bound}"
+        raise QueueFull(
+            excess=waiting - bound + 1, details=[{"field": "eventId", "message": message}]
+        )
     seats = row["available_seats"]
     raise SoldOut(details=[{"field": "quantity", "message": f"{seats} seats left"}])
 
@@ -197,24 +238,47 @@ def _replayed(
     """The booking an earlier request with this Idempotency-Key created, if any."""
     if idempotency_key is None:
         return None
-    existing = session.scalar(
-        select(Booking).where(
-            Booking.user_id == user_id, Booking.idempotency_key == idempotency_key
-        )
+    existing = _placed(
+        session.execute(
+            with_cursor(select(Booking)).where(
+                Booking.user_id == user_id, Booking.idempotency_key == idempotency_key
+            )
+        ).one_or_none()
     )
     if existing is not None and existing.request_hash != fingerprint:
         raise IdempotencyKeyReused()
     return existing
 
 
+def with_cursor(query: Select[Booking]) -> Select[Booking, int, list[int]]:
+    """``query``'s bookings, each with its event's line cursor read in the same row."""
+    return query.add_columns(Event.line_through, Event.line_gone).join(
+        Event, Event.id == Booking.event_id
+    )
+
+
+@overload
+def _placed(row: Row[Booking, int, list[int]]) -> Booking: ...
+@overload
+def _placed(row: None) -> None: ...
+def _placed(row: Row[Booking, int, list[int]] | None) -> Booking | None:
+    """The booking of a ``with_cursor`` row, with its place in line."""
+    if row is None:
+        return None
+    booking, through, gone = row
+    booking.queue_position = position_of(booking.status, booking.queue_seq, through, gone)
+    return booking
+
+
 def get_booking(
     session: Session, actor: User, booking_id: str, *, for_update: bool = False
 ) -> Booking:
-    """A booking the actor may see; someone else's is reported as not found."""
-    query = select(Booking).where(Booking.booking_id == booking_id)
+    """A booking the actor may see, with its place in line; someone else's is reported as not
+    found. ``for_update`` locks the booking, never its event."""
+    query = with_cursor(select(Booking)).where(Booking.booking_id == booking_id)
     if for_update:
-        query = query.with_for_update()
-    booking = session.scalar(query)
+        query = query.with_for_update(of=Booking)
+    booking = _placed(session.execute(query).one_or_none())
     if booking is None or (booking.user_id != actor.id and not actor.is_admin):
         raise BookingNotFound()
     return booking
@@ -270,7 +334,7 @@ def _page(
                 details=[{"field": "after", "message": "unknown cursor"}],
             )
         query = query.where(Booking.id < anchor if newest_first else Booking.id > anchor)
-    rows = list(session.scalars(query.limit(limit + 1)))
+    rows = [_placed(row) for row in session.execute(with_cursor(query).limit(limit + 1))]
     more = len(rows) > limit
     rows = rows[:limit]
     return PageOf(rows, total, rows[-1].booking_id if more else None)
@@ -321,10 +385,13 @@ def list_event_bookings(
 
 
 def stream_bookings(factory: sessionmaker[Session], query: Select[Booking]) -> Iterator[Booking]:
-    """Every row of ``query`` from a server-side cursor, a thousand at a time, in a session of
-    its own that lives as long as the iteration (a streamed response outlives the request's)."""
+    """Every row of ``query``, with its place in line, from a server-side cursor, a thousand at
+    a time, in a session of its own that lives as long as the iteration (a streamed response
+    outlives the request's)."""
+    streamed = with_cursor(query).execution_options(stream_results=True, yield_per=1000)
     with session_scope(factory) as session:
-        yield from session.scalars(query.execution_options(stream_results=True, yield_per=1000))
+        for row in session.execute(streamed):
+            yield _placed(row)
 
 
 def booking_logs(session: Session, actor: User, booking_id: str) -> list[BookingLog]:

@@ -36,6 +36,8 @@ class EventCreate(WriteSchema):
     seat_capacity: int = Field(ge=1, le=MAX_CAPACITY)
     max_seats_per_user: int = Field(default=10, ge=1, le=MAX_CAPACITY)
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    # A request the event cannot seat is waitlisted instead of refused (docs/API.md).
+    waitlist_enabled: bool = False
 
     _future = field_validator("event_date")(_in_future)
 
@@ -48,12 +50,19 @@ class EventUpdate(WriteSchema):
     seat_capacity: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     max_seats_per_user: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    waitlist_enabled: bool | None = None
 
     _future = field_validator("event_date")(_in_future)
 
     @model_validator(mode="after")
     def _not_null(self) -> EventUpdate:
-        for field in ("name", "event_date", "seat_capacity", "max_seats_per_user"):
+        for field in (
+            "name",
+            "event_date",
+            "seat_capacity",
+            "max_seats_per_user",
+            "waitlist_enabled",
+        ):
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null")
         return self
@@ -71,6 +80,8 @@ class EventRead(ReadSchema):
     version: int
     image_url: str | None
     created_by: int | None
+    waitlist_enabled: bool
+    waitlist_length: int  # requests waitlisted now
     created_at: datetime
     updated_at: datetime
 
