@@ -117,7 +117,9 @@ async def open_sockets(
 
     for user_id, token in tokens.items():
         sock = Socket(user_id)
-        sock.ws = await session.ws_connect(f"{ws_url}/ws", params={"token": token})
+        sock.ws = await session.ws_connect(
+            f"{ws_url}/ws", params={"token": token}, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+        )
         sock.task = asyncio.create_task(read(sock))
         sockets[user_id] = sock
     await asyncio.sleep(0.5)  # every socket registered with its API process
@@ -239,7 +241,9 @@ async def run(args: argparse.Namespace, stack: Stack, data: Data, users: list[in
     batches: list[tuple[float, list[dict[str, Any]]]] = []
     channel = f"{_namespace(args.redis_url)}:decisions"
     listener = asyncio.create_task(listen_decisions(args.redis_url, channel, batches))
-    async with aiohttp.ClientSession() as session:
+    # No pool limit: each socket holds its connection (aiohttp's default of 100 would make the
+    # 101st wait for one forever).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         sockets = await open_sockets(session, stack.ws_url, watched)
         cancelled = await cancel_all(
             stack.url, [(b, token_of[u]) for b, u in chosen], args.cancel_rate, args.wait
