@@ -322,7 +322,8 @@ def measure(
     freed_by: dict[str, float] = {}
     canceller_told: dict[str, float] = {}
     delete_sent: dict[str, float] = {}
-    for _, decisions in batches:
+    heard: dict[str, float] = {}  # when the benchmark's own subscriber got the batch
+    for published, decisions in batches:
         gone = [d["bookingId"] for d in decisions if d.get("status") == "cancelled"]
         promoted = [
             d["bookingId"]
@@ -338,6 +339,7 @@ def measure(
         # Seats go to the line in its order; pair them with the DELETEs in the order sent.
         sends = sorted(sent_at[b] for b in gone if b in sent_at)
         for i, booking_id in enumerate(promoted):
+            heard[booking_id] = published
             if commits:
                 freed_by[booking_id] = max(commits)
             if told:
@@ -346,12 +348,17 @@ def measure(
                 delete_sent[booking_id] = sends[min(i, len(sends) - 1)]
 
     from_commit, from_canceller, from_delete, unpaired = [], [], [], 0
+    to_channel, channel_to_socket = [], []
     for booking_id, user_id in head:
         received = sockets[user_id].first(booking_id, "confirmed")
         if received is None:
             continue
         if booking_id in freed_by:
             from_commit.append((received - freed_by[booking_id]) * 1000)
+            # The worker's part (rest of the transaction, commit, publish) and the API's (its
+            # subscription, fan-out, the socket), split where a subscriber beside it hears it.
+            to_channel.append((heard[booking_id] - freed_by[booking_id]) * 1000)
+            channel_to_socket.append((received - heard[booking_id]) * 1000)
         else:
             unpaired += 1
         if booking_id in canceller_told:
@@ -408,6 +415,8 @@ def measure(
             "toldOnSocket": told_count,
             "unpaired": unpaired,
             "fromCommitMs": _percentiles(from_commit),
+            "commitToDecisionsChannelMs": _percentiles(to_channel),
+            "decisionsChannelToSocketMs": _percentiles(channel_to_socket),
             "fromCancellerMessageMs": _percentiles(from_canceller),
             "fromDeleteSentMs": _percentiles(from_delete),
         },
@@ -435,6 +444,8 @@ def table(summary: dict[str, Any]) -> str:
         f" DELETE {pct(cancel['deleteLatencyMs'])}",
         f"  promoted {promo['promoted']}, told on their socket {promo['toldOnSocket']}",
         f"  promotion, cancellation's commit -> promoted's socket: {pct(promo['fromCommitMs'])}",
+        f"    commit -> the decisions channel: {pct(promo['commitToDecisionsChannelMs'])}",
+        f"    the decisions channel -> socket: {pct(promo['decisionsChannelToSocketMs'])}",
         f"    canceller's own message -> promoted's: {pct(promo['fromCancellerMessageMs'])}",
         f"    DELETE sent -> promoted's socket: {pct(promo['fromDeleteSentMs'])}",
         f"  checks: {'all passed' if r['ok'] else r['checks']}",
