@@ -85,7 +85,7 @@ def situation(db, make_user, make_event):
                 "UPDATE events e SET waitlist_enabled = :waitlist, line_through = l.line_through,"
                 " line_gone = l.line_gone, waitlist_length = :waiting"
                 " FROM line_after(:id, '{}', ARRAY(SELECT b.queue_seq FROM bookings b"
-                " WHERE b.event_id = :id AND b.status <> 'waitlisted')) l WHERE e.id = :id"
+                " WHERE b.event_id = :id AND b.status <> 'waitlisted'), 0) l WHERE e.id = :id"
             ),
             {"id": event.id, "waitlist": waitlist, "waiting": int(waiting)},
         )

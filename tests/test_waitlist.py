@@ -350,3 +350,27 @@ def test_ebs_check_fails_on_a_stuck_waitlist(engine, db, make_user, waitlist_eve
     broken = run_cli("check")
     assert broken.returncode == 1
     assert "line_cursor" in broken.stderr and "stuck_waitlist" not in broken.stderr
+
+
+def test_the_cursor_waits_for_a_request_whose_cancellation_came_mid_batch(
+    db, make_user, waitlist_event
+):
+    """A cancellation asked for after the batch read its cancellations leaves that request
+    pending behind the batch's decisions: line_after must still see it at the head, though the
+    batch vouches only for the numbers up to its last decision (p_after)."""
+    event = waitlist_event(capacity=5)
+    user = make_user()
+    first, *later = (ask(db, user, event) for _ in range(3))
+    leave(db, first)
+    db.execute(
+        text(
+            "UPDATE bookings SET status = 'rejected', reason = 'sold_out', decided_at = now()"
+            " WHERE booking_id = ANY(:later)"
+        ),
+        {"later": later},
+    )
+    row = db.execute(
+        text("SELECT * FROM line_after(:id, '{}', '{2,3}', 3)"), {"id": event.id}
+    ).one()
+    db.rollback()
+    assert (row.line_through, row.line_gone, row.line_waiting) == (0, [2, 3], 1)

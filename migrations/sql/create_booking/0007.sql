@@ -32,7 +32,7 @@ BEGIN
         VALUES (p_booking_id, p_user_id, p_event_id, p_quantity, 'rejected', v_reason, now())
         RETURNING queue_seq INTO v_seq;
         UPDATE events e SET line_through = l.line_through, line_gone = l.line_gone
-        FROM line_after(p_event_id, ev.line_gone, ARRAY[v_seq]) l
+        FROM line_after(p_event_id, ev.line_gone, ARRAY[v_seq], ev.line_through) l
         WHERE e.id = p_event_id;
         INSERT INTO booking_logs (booking_id, action, user_id, event_id, details)
         VALUES (p_booking_id, 'rejected', p_user_id, p_event_id,
@@ -46,7 +46,7 @@ BEGIN
     UPDATE events e SET available_seats = e.available_seats - p_quantity,
                         version = e.version + 1, updated_at = now(),
                         line_through = l.line_through, line_gone = l.line_gone
-    FROM line_after(p_event_id, ev.line_gone, ARRAY[v_seq]) l
+    FROM line_after(p_event_id, ev.line_gone, ARRAY[v_seq], ev.line_through) l
     WHERE e.id = p_event_id;
     INSERT INTO booking_logs (booking_id, action, user_id, event_id, details)
     VALUES (p_booking_id, 'confirmed', p_user_id, p_event_id,

@@ -65,6 +65,7 @@ DECLARE
     v_through bigint;
     v_gone bigint[];
     v_waiting integer;
+    v_last_pending bigint := 0;
 BEGIN
     -- (Messages are concatenated: drivers read a percent sign in these files as a parameter.)
     IF NOT pg_try_advisory_xact_lock(1162957636, p_event_id) THEN
@@ -201,6 +202,7 @@ BEGIN
             v_seqs[v_n] := r.queue_seq;
             v_prev[v_n] := 'pending';
             v_promoted[v_n] := false;
+            v_last_pending := r.queue_seq;
             -- Nobody passes the waitlist: no seats for a newcomer while anybody waits.
             v_verdict := booking_verdict(ev, r.quantity,
                                          CASE WHEN v_waitlisted > 0 THEN 0 ELSE v_available END,
@@ -247,10 +249,13 @@ BEGIN
     END IF;
 
     -- Numbers that left the line now: all but those waitlisted and the confirmed cancelled.
+    -- Every pending request up to the last this batch decided was decided (in number order),
+    -- but those with a cancellation asked, which line_after looks at apart.
     SELECT l.line_through, l.line_gone, l.line_waiting INTO v_through, v_gone, v_waiting
     FROM line_after(p_event_id, ev.line_gone, ARRAY(
         SELECT d.seq FROM unnest(v_seqs, v_status, v_prev) AS d(seq, status, prev)
-        WHERE d.status <> 'waitlisted' AND d.prev <> 'confirmed')) l;
+        WHERE d.status <> 'waitlisted' AND d.prev <> 'confirmed'),
+        greatest(ev.line_through, v_last_pending)) l;
 
     v_version := ev.version;
     -- One version per batch that moved seats; a batch of rejections alone moves only the line.

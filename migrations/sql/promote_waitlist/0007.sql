@@ -58,7 +58,7 @@ BEGIN
     END IF;
 
     SELECT l.line_through, l.line_gone, l.line_waiting INTO v_through, v_gone, v_waiting
-    FROM line_after(p_event_id, ev.line_gone, v_seqs) l;
+    FROM line_after(p_event_id, ev.line_gone, v_seqs, ev.line_through) l;
     UPDATE events e SET available_seats = v_available, version = e.version + 1,
            line_through = v_through, line_gone = v_gone,
            waitlist_length = e.waitlist_length - v_n, updated_at = now()
