@@ -17,13 +17,14 @@ bound; a reconnect of the subscription (messages may have been missed) forgets e
 Anything the snapshot does not settle (enough seats shown, a started event, a quantity over the
 limit, an ``Idempotency-Key``) goes to the database as before.
 
-An event with a waitlist is never refused from memory: a request it cannot seat now is stored
-and waitlisted. Nor is a full line (503 ``QUEUE_FULL``) refused from memory: the line grows with
-every request any API process stores, which no snapshot here sees exactly, so intake's SQL
-counts it. What this process does keep for it is each event's pace: the seat messages carry the
-line's cursor (``line``: every number up to ``through`` and those in ``gone`` have left it), so
-``through + len(gone)`` is how many requests have left the line; ``LinePace`` turns the
-recent rate of that count into the ``Retry-After`` of a ``QUEUE_FULL``.
+An event with a waitlist refuses from memory only a request for more seats than it holds at
+all: any other request it cannot seat now is stored and waitlisted. Nor is a full line (503
+``QUEUE_FULL``) refused from memory: the line grows with every request any API process stores,
+which no snapshot here sees exactly, so intake's SQL counts it. What this process does keep for
+it is each event's pace: the seat messages carry the line's cursor (``line``: every number up to
+``through`` and those in ``gone`` have left it), so ``through + len(gone)`` is how many requests
+have left the line; ``LinePace`` turns the recent rate of that count into the ``Retry-After`` of
+a ``QUEUE_FULL``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 READ = text(
     "SELECT available_seats, version, max_seats_per_user, extract(epoch FROM event_date),"
-    " waitlist_enabled FROM events WHERE id = :id"
+    " CASE WHEN waitlist_enabled THEN seat_capacity ELSE 0 END FROM events WHERE id = :id"
 )
 # Retry-After of a QUEUE_FULL (docs/API.md, "Waiting room"): the seconds the line needs, at the
 # pace measured over the last PACE_WINDOW seconds, to let one more request in; within these
@@ -65,7 +66,9 @@ class Seats:
     max_per_user: int
     starts_at: float  # epoch seconds
     seen: float  # monotonic time it was read or confirmed
-    waitlist: bool = False
+    # The most seats a request may ask for and be waitlisted: the capacity if the event has a
+    # waitlist, else 0 (booking_verdict's rule).
+    waitlist_up_to: int = 0
 
 
 class SeatSnapshots:
@@ -86,7 +89,7 @@ class SeatSnapshots:
             return None
         if (
             seats.available >= quantity
-            or seats.waitlist  # stored and waitlisted, never sold out from here
+            or quantity <= seats.waitlist_up_to  # stored and waitlisted, not sold out
             or quantity > seats.max_per_user  # the limit's own error, from the database
             or seats.starts_at <= time.time()  # EVENT_PAST, from the database
         ):
@@ -110,7 +113,7 @@ class SeatSnapshots:
         if row is not None:
             self.observe(event_id, *row, seen=seen)
 
-    def _read(self, event_id: int) -> tuple[int, int, int, float, bool] | None:
+    def _read(self, event_id: int) -> tuple[int, int, int, float, int] | None:
         with session_scope(self.factory) as session:
             row = session.execute(READ, {"id": event_id}).one_or_none()
         return None if row is None else (row[0], row[1], row[2], float(row[3]), row[4])
@@ -122,12 +125,13 @@ class SeatSnapshots:
         version: int,
         max_per_user: int,
         starts_at: float,
-        waitlist: bool = False,
+        waitlist_up_to: int = 0,
         *,
         seen: float,
     ) -> None:
         """Facts read from the event's row at monotonic time ``seen`` (a read, an intake batch)."""
-        self._keep(event_id, Seats(available, version, max_per_user, starts_at, seen, waitlist))
+        seats = Seats(available, version, max_per_user, starts_at, seen, waitlist_up_to)
+        self._keep(event_id, seats)
 
     def _keep(self, event_id: int, seats: Seats) -> None:
         current = self._seats.get(event_id)
@@ -162,15 +166,17 @@ class SeatSnapshots:
                 waitlist = data["waitlistEnabled"]
                 if not isinstance(waitlist, bool):
                     raise TypeError("waitlistEnabled")
+                waitlist_up_to = int(data["seatCapacity"]) if waitlist else 0
             except (KeyError, TypeError, ValueError):
                 self._seats.pop(ident, None)
                 return
         elif current is not None:
             starts_at, max_per_user = current.starts_at, current.max_per_user
-            waitlist = current.waitlist
+            waitlist_up_to = current.waitlist_up_to
         else:
             return  # a seat message alone lacks the limit and the date: read when needed
-        seats = Seats(available, version, max_per_user, starts_at, time.monotonic(), waitlist)
+        seen = time.monotonic()
+        seats = Seats(available, version, max_per_user, starts_at, seen, waitlist_up_to)
         self._keep(ident, seats)
 
 

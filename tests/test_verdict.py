@@ -35,11 +35,6 @@ CASES = [
     pytest.param(True, False, 1, 8, 0, 8, "sold_out", id="more-than-the-event-holds"),
 ]
 FIELDS = ("waitlist", "started", "seats_left", "max_per_user", "held", "quantity", "verdict")
-# Intake storing a request to be waitlisted, and the seat snapshots knowing an event's waitlist,
-# come with the waitlist-intake branch; until it is merged those cases fail, as they should.
-INTAKE_BRANCH = pytest.mark.xfail(
-    strict=True, reason="intake of waitlist requests: waitlist-intake"
-)
 
 
 @pytest.fixture
@@ -144,13 +139,11 @@ def _intake_verdict(db, event_id: int, quantity: int) -> str:
 
 @pytest.mark.parametrize(FIELDS, CASES)
 def test_the_batched_intake(
-    db, session_factory, request, situation, waitlist, started, seats_left, max_per_user, held,
+    db, session_factory, situation, waitlist, started, seats_left, max_per_user, held,
     quantity, verdict,
 ):  # fmt: skip
     user, event = situation(waitlist, started, seats_left, max_per_user, held)
     expected = _intake_verdict(db, event.id, quantity)
-    if expected == "waitlisted":
-        request.applymarker(INTAKE_BRANCH)
     request = IntakeRequest(
         user.id, BookingCreate(eventId=event.id, quantity=quantity), new_booking_id()
     )
@@ -163,15 +156,19 @@ def test_the_batched_intake(
 
 @pytest.mark.parametrize(FIELDS, CASES)
 def test_the_seat_snapshot(
-    db, request, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
+    db, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
 ):
     _, event = situation(waitlist, started, seats_left, max_per_user, held)
-    if _intake_verdict(db, event.id, quantity) == "waitlisted":
-        request.applymarker(INTAKE_BRANCH)  # observe() learns of the waitlist there
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts_at = event.event_date.timestamp()
     snapshots.observe(
-        event.id, seats_left, event.version, max_per_user, starts_at, seen=time.monotonic()
+        event.id,
+        seats_left,
+        event.version,
+        max_per_user,
+        starts_at,
+        event.seat_capacity if waitlist else 0,
+        seen=time.monotonic(),
     )
     refused = snapshots.sold_out(event.id, quantity) is not None
     assert refused == (_intake_verdict(db, event.id, quantity) == "sold_out")

@@ -317,9 +317,10 @@ def test_retry_after_follows_the_pace_of_the_line():
 def test_a_waitlist_event_is_never_refused_from_memory():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts = time.time() + 3600
-    snapshots.observe(1, 0, 5, 4, starts, True, seen=time.monotonic())
-    snapshots.observe(2, 0, 5, 4, starts, False, seen=time.monotonic())
+    snapshots.observe(1, 0, 5, 4, starts, 3, seen=time.monotonic())  # a waitlist, 3 seats
+    snapshots.observe(2, 0, 5, 4, starts, 0, seen=time.monotonic())
     assert snapshots.sold_out(1, 2) is None
+    assert snapshots.sold_out(1, 4) == 0  # more than the event holds: never seated
     assert snapshots.sold_out(2, 2) == 0
 
     # An admin turns the waitlist on (event_updated), then a seat message keeps it on.
@@ -328,6 +329,7 @@ def test_a_waitlist_event_is_never_refused_from_memory():
         "version": 6,
         "eventDate": datetime.fromtimestamp(starts, UTC).isoformat(),
         "maxSeatsPerUser": 4,
+        "seatCapacity": 3,
         "waitlistEnabled": True,
     }
     snapshots.on_message("event", 2, {"type": "event_updated", "data": updated})
@@ -356,7 +358,7 @@ def test_the_intake_stores_a_request_a_waitlist_event_cannot_seat(
     [stored, too_many], facts = write_batch(session_factory, requests, lambda _: None, None)
     assert isinstance(stored, tuple) and stored[0].queue_position == 1
     assert type(too_many).__name__ == "SoldOut"  # more than the event holds: never seated
-    assert facts[event.id][-1] is True  # the snapshot learns the waitlist from the batch
+    assert facts[event.id][-1] == 4  # the snapshot learns the waitlist from the batch
 
 
 # ---------------------------------------------------------------- end to end: uvicorn, worker

@@ -311,7 +311,7 @@ def _csv(rows: Iterable[Booking]) -> Iterator[str]:
     "/{booking_id}",
     response_model=Envelope[BookingRead],
     responses={
-        202: {"description": "Still pending after `Prefer: wait`"},
+        202: {"description": "Waitlisted, or still pending after `Prefer: wait`"},
         **error_responses(401, 404, 409),
     },
 )

@@ -59,7 +59,8 @@ WITH req AS (
     SELECT r.*, u.id AS known_user, e.id AS known_event,
            booking_verdict(e, r.r_quantity, e.available_seats, 0) AS verdict,
            e.max_seats_per_user, e.available_seats, e.version AS event_version,
-           extract(epoch FROM e.event_date)::float8 AS starts_at, e.waitlist_enabled,
+           extract(epoch FROM e.event_date)::float8 AS starts_at,
+           CASE WHEN e.waitlist_enabled THEN e.seat_capacity ELSE 0 END AS waitlist_up_to,
            e.line_through, e.line_gone,
            (SELECT count(*) FROM (
                 SELECT 1 FROM bookings p WHERE p.user_id = r.r_user AND p.status = 'pending'
@@ -105,7 +106,7 @@ WITH req AS (
     RETURNING *
 )
 SELECT f.ord, f.known_user, f.known_event, f.verdict, f.max_seats_per_user, f.available_seats,
-       f.event_version, f.starts_at, f.waitlist_enabled, f.in_flight AS pending, f.waiting,
+       f.event_version, f.starts_at, f.waitlist_up_to, f.in_flight AS pending, f.waiting,
        f.line_through, f.line_gone, ins.*
 FROM ranked f LEFT JOIN ins ON ins.booking_id = f.r_booking
 ORDER BY f.ord
@@ -132,8 +133,8 @@ class IntakeRequest:
 # What a request gets: (booking, created) or the exception it would have raised.
 Outcome = tuple[Booking, bool] | BaseException
 # An event's row as the batch read it: (available seats, version, max per user, starts at,
-# waitlist enabled).
-EventFacts = tuple[int, int, int, float, bool]
+# most seats a request may ask for and be waitlisted: api.seats.Seats).
+EventFacts = tuple[int, int, int, float, int]
 
 
 def write_batch(
@@ -203,7 +204,7 @@ def _write_together(
                     row["event_version"],
                     row["max_seats_per_user"],
                     row["starts_at"],
-                    row["waitlist_enabled"],
+                    row["waitlist_up_to"],
                 )
             try:
                 booking, created = service.intake_verdict(

@@ -221,8 +221,10 @@ def intake_verdict(
         return existing, False
     if max_pending is not None and row["pending"] >= max_pending:
         raise TooManyPending(headers={"Retry-After": "1"})
-    waiting = row["waiting"]
-    if row["verdict"] in STORED and waiting is not None:
+    if row["verdict"] in STORED:
+        waiting = row["waiting"]
+        if waiting is None:  # its line's counter is gone: the event was deleted meanwhile
+            raise EventNotFound()
         bound = NO_LINE_CAP if max_line is None else max_line
         message = f"{waiting} requests are in this event's line, at most {bound}"
         raise QueueFull(

@@ -23,7 +23,7 @@ from common.errors import (
     Forbidden,
 )
 from common.events.messages import publish_event_deleted, publish_event_updated
-from common.events.models import Event
+from common.events.models import Event, EventLine
 from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
 from common.users.models import User
 
@@ -122,6 +122,12 @@ def api_worker_name() -> str:
 
 
 def delete_event(session: Session, actor: User, event_id: int, publisher: redis.Redis) -> None:
+    # Intake holds the event's arrival counter before its insert checks the event (the foreign
+    # key): locked in that order here too, a request racing the delete is stored before it
+    # (and refuses it) or finds the event gone, never a deadlock.
+    session.execute(
+        select(EventLine.event_id).where(EventLine.event_id == event_id).with_for_update()
+    )
     event = get_event(session, event_id, for_update=True)
     if not can_manage(actor, event):
         raise Forbidden("Only an admin or the event's creator can delete it")
