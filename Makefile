@@ -61,8 +61,10 @@ db: install services
 
 # The flash-sale benchmark (docs/BENCHMARKS.md): its own database ebs_bench and Redis db 9.
 # Smaller run: make bench BENCH_ARGS="-c 50 -n 2000 -s 500"
+# The waitlist variant (promotion latency): make bench BENCH=waitlist
+BENCH ?= flash_sale
 bench: $(VENV)/.bench-installed services
-	$(BIN)/python -m bench.flash_sale $(BENCH_ARGS)
+	$(BIN)/python -m bench.$(BENCH) $(BENCH_ARGS)
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(BIN)/pip install -q --require-hashes -r requirements/bench.txt

@@ -30,7 +30,7 @@ class Outcome:
 
     sent: float
     post_status: int = 0
-    final: str = "error"  # confirmed | rejected | pending (never decided) | error
+    final: str = "error"  # confirmed | rejected | waitlisted | pending (never decided) | error
     reason: str | None = None
     decided: float | None = None
     booking_id: str | None = None
@@ -44,7 +44,10 @@ def _decision(status: int, body: dict[str, Any]) -> tuple[str, str | None, str |
         data = body.get("data", {})
         return data.get("status", "confirmed"), data.get("reason"), data.get("bookingId")
     if status == 202:
-        return "pending", None, body.get("data", {}).get("bookingId")
+        data = body.get("data", {})
+        # A waitlisted request is settled for now: nothing moves it until seats come back.
+        final = "waitlisted" if data.get("status") == "waitlisted" else "pending"
+        return final, None, data.get("bookingId")
     if status == 409:
         error = body.get("error", {})
         details = error.get("details") or [{}]
@@ -83,7 +86,7 @@ async def _send(
                 outcome.statuses.append(response.status)
                 final, reason, _ = _decision(response.status, body)
         outcome.final, outcome.reason = final, reason
-        if final in ("confirmed", "rejected"):
+        if final in ("confirmed", "rejected", "waitlisted"):
             outcome.decided = time.time()
     except (TimeoutError, aiohttp.ClientError, ValueError):
         outcome.final = "error"

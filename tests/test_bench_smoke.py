@@ -82,3 +82,30 @@ def test_many_events_tool_decides_every_request_of_every_event(engine, tmp_path)
         assert result["decisions"] == 3 * 25
         assert result["confirmedSeats"] == result["capacity"] == 3 * 10
         assert result["invariantViolations"] == 0
+
+
+def test_waitlist_tool_promotes_the_head_of_the_line_and_tells_each_buyer(engine, worker, tmp_path):
+    argv = [sys.executable, "-m", "bench.waitlist",
+            "--clients", "8", "--requests", "60", "--seats", str(SEATS), "--margin", "3",
+            "--cancel-rate", "10", "--api-workers", "1", "--wait", "20",
+            "--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL,
+            "--reuse-database", "--no-worker", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "promotion" in run.stdout  # the table was printed
+
+    [path] = tmp_path.glob("waitlist-*.json")
+    result = json.loads(path.read_text())["result"]
+    assert all(result["checks"].values()), result["checks"]
+    assert result["sale"]["byStatus"] == {"confirmed": SEATS, "waitlisted": 60 - SEATS}
+    assert result["fiveXX"] == 0
+    # S/10 cancellations, each seat given to the next in line, who heard it on their socket.
+    promotion = result["promotion"]
+    assert promotion["promoted"] == promotion["toldOnSocket"] == SEATS // 10
+    assert promotion["unpaired"] == 0
+    assert promotion["fromCommitMs"]["p50"] >= 0
+    assert result["final"]["byStatus"] == {
+        "confirmed": SEATS,
+        "cancelled": SEATS // 10,
+        "waitlisted": 60 - SEATS - SEATS // 10,
+    }

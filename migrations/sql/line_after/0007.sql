@@ -14,8 +14,12 @@
 -- old line_through, or the last number its batch decided); and the pending requests with a
 -- cancellation asked (idx_bookings_cancel_requested, a handful). Without p_after the lookup
 -- would step over every entry the caller's batch just decided, each a heap visit (the batch's
--- own updates are not dead yet). PL/pgSQL, not SQL, for its cached plan: as a SQL function it
--- was planned on every call, ~1.8 ms of a flash sale's batch of 500.
+-- own updates are not dead yet). The two heads are ORDER BY ... LIMIT 1, not min(): with
+-- statistics taken before a sale filled the table (a row estimate of 1), the planner read min()
+-- as an aggregate over every index entry of the event, the whole waitlist, at each call (18 ms
+-- a batch with 17,800 waiting), and the plan cached for the session kept it so. PL/pgSQL, not
+-- SQL, for its cached plan: as a SQL function it was planned on every call, ~1.8 ms of a flash
+-- sale's batch of 500.
 CREATE FUNCTION line_after(
     p_event_id integer, p_gone bigint[], p_left bigint[], p_after bigint
 )
@@ -25,13 +29,15 @@ BEGIN
     RETURN QUERY
     WITH head AS (
         SELECT l.arrived, coalesce(least(
-            (SELECT min(b.queue_seq) FROM bookings b
-             WHERE b.event_id = p_event_id AND b.status = 'pending' AND b.queue_seq > p_after),
+            (SELECT b.queue_seq FROM bookings b
+             WHERE b.event_id = p_event_id AND b.status = 'pending' AND b.queue_seq > p_after
+             ORDER BY b.queue_seq LIMIT 1),
             (SELECT min(b.queue_seq) FROM bookings b
              WHERE b.event_id = p_event_id AND b.status = 'pending'
                AND b.cancel_requested_at IS NOT NULL),
-            (SELECT min(b.queue_seq) FROM bookings b
-             WHERE b.event_id = p_event_id AND b.status = 'waitlisted')) - 1,
+            (SELECT b.queue_seq FROM bookings b
+             WHERE b.event_id = p_event_id AND b.status = 'waitlisted'
+             ORDER BY b.queue_seq LIMIT 1)) - 1,
             l.arrived) AS through
         FROM event_lines l WHERE l.event_id = p_event_id
     ), moved AS (
