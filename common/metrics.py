@@ -33,7 +33,17 @@ from common.channels import metric_key
 WORKER_HASH = metric_key("worker")
 SWEEPER_KEY = metric_key("sweeper_resignalled")
 
-OUTCOMES = ("confirmed", "sold_out", "limit_exceeded", "event_past", "cancelled")
+# A promotion from the waitlist is counted as ``promoted``, not ``confirmed``: the request was
+# already counted once, as ``waitlisted``.
+OUTCOMES = (
+    "confirmed",
+    "waitlisted",
+    "promoted",
+    "sold_out",
+    "limit_exceeded",
+    "event_past",
+    "cancelled",
+)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
@@ -41,6 +51,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 
 def outcome(decision: Decision) -> str:
+    if decision.promoted:
+        return "promoted"
     return decision.reason or decision.status
 
 

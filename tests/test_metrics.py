@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from common.metrics import LATENCY_BUCKETS, SWEEPER_KEY
+from common.bookings.schemas import Decision, Status
+from common.metrics import LATENCY_BUCKETS, SWEEPER_KEY, record_decided_batch
 from common.settings import Settings
 from devstack import wait_until
 from tests.conftest import RUN_DIR, ApiProcess
@@ -180,3 +182,26 @@ def test_sweeper_resignals_and_pending_bookings_are_reported(loopback, redis_cli
     redis_client.set(SWEEPER_KEY, 4)
     samples = scrape(loopback)
     assert value(samples, "ebs_sweeper_resignalled_total") == 4
+
+
+def test_waitlisted_and_promoted_are_outcomes_of_their_own(loopback, redis_client):
+    """A request waitlisted, later promoted: counted once as each, not as a second confirmation."""
+    now = datetime.now(UTC)
+
+    def decision(status: Status, promoted: bool = False) -> Decision:
+        return Decision(
+            booking_id="bk_x", user_id=1, event_id=1, quantity=1, status=status, reason=None,
+            seats_left=0, available_seats=0, seat_capacity=1, version=1, created_at=now,
+            decided_at=None if status == "waitlisted" else now, queue_seq=1,
+            queue_position=1 if status == "waitlisted" else None, promoted=promoted,
+            line_through=0, line_gone=[], line_waiting=0, waitlist_length=0,
+        )  # fmt: skip
+
+    record_decided_batch(redis_client, [decision("waitlisted"), decision("waitlisted")])
+    record_decided_batch(redis_client, [decision("confirmed", promoted=True)])
+    samples = scrape(loopback)
+    assert value(samples, "ebs_bookings_decided_total", outcome="waitlisted") == 2
+    assert value(samples, "ebs_bookings_decided_total", outcome="promoted") == 1
+    assert value(samples, "ebs_bookings_decided_total", outcome="confirmed") == 0
+    # A promotion waited for seats, not for a worker: no decision latency.
+    assert value(samples, "ebs_booking_decision_latency_seconds_count") == 0
