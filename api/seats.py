@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.bookings.line import departed, parse_cursor
 from common.db import session_scope
 
 logger = logging.getLogger(__name__)
@@ -190,18 +191,16 @@ class LinePace:
 
     def heard(self, event_id: int, line: Any) -> None:
         """Note how many requests had left the event's line, from a seat message's ``line``."""
-        if not isinstance(line, dict):
+        cursor = parse_cursor(line)
+        if cursor is None:
             return
-        through, gone = line.get("through"), line.get("gone")
-        if not isinstance(through, int) or not isinstance(gone, list):
-            return
-        departed = through + len(gone)
+        left = departed(cursor)
         samples = self._departed.get(event_id)
         if samples is None:
             samples = self._departed[event_id] = deque(maxlen=PACE_SAMPLES)
         # Messages of one event can arrive out of order: an older cursor says nothing new.
-        if not samples or departed > samples[-1][1]:
-            samples.append((self.clock(), departed))
+        if not samples or left > samples[-1][1]:
+            samples.append((self.clock(), left))
 
     def forget(self, event_id: int) -> None:
         self._departed.pop(event_id, None)

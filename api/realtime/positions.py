@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
 from common.bookings import service as bookings_service
-from common.bookings.line import queue_position
+from common.bookings.line import Cursor, departed, left_line, parse_cursor, queue_position
 from common.bookings.models import IN_LINE
 from common.db import session_scope
 from common.pubsub import encode, now_iso
@@ -44,30 +43,6 @@ logger = logging.getLogger(__name__)
 
 INTERVAL = 1.0  # seconds between two queue_position messages of one booking
 SETTLED_KEPT = 256  # decided bookings remembered per signed-in user
-
-Cursor = tuple[int, Sequence[int]]  # (line_through, line_gone)
-
-
-def departed(cursor: Cursor) -> int:
-    return cursor[0] + len(cursor[1])
-
-
-def left_line(seq: int, cursor: Cursor) -> bool:
-    through, gone = cursor
-    if seq <= through:
-        return True
-    i = bisect_left(gone, seq)
-    return i < len(gone) and gone[i] == seq
-
-
-def parse_line(data: dict[str, Any]) -> Cursor | None:
-    line = data.get("line")
-    if not isinstance(line, dict):
-        return None
-    through, gone = line.get("through"), line.get("gone")
-    if not isinstance(through, int) or not isinstance(gone, list):
-        return None
-    return through, gone
 
 
 @dataclass(slots=True, eq=False)
@@ -122,7 +97,7 @@ class Positions:
             for waiting in list(tracked.values()):
                 self._drop(waiting)
             return
-        cursor = parse_line(message.get("data") or {})
+        cursor = parse_cursor((message.get("data") or {}).get("line"))
         if cursor is None or not self._newer(event_id, cursor):
             return
         for waiting in list(tracked.values()):

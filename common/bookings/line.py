@@ -16,8 +16,37 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Any
 
 from common.bookings.models import IN_LINE
+
+# An event's cursor as a seat message's ``line`` carries it: (``through``, ``gone``).
+Cursor = tuple[int, Sequence[int]]
+
+
+def parse_cursor(line: Any) -> Cursor | None:
+    """The cursor of a seat message's ``line`` object; None if it carries none."""
+    if not isinstance(line, dict):
+        return None
+    through, gone = line.get("through"), line.get("gone")
+    if not isinstance(through, int) or not isinstance(gone, list):
+        return None
+    return through, gone
+
+
+def departed(cursor: Cursor) -> int:
+    """How many requests have left the line: it only grows, so it orders an event's cursors
+    (a message published out of order carries a smaller one)."""
+    return cursor[0] + len(cursor[1])
+
+
+def left_line(seq: int, cursor: Cursor) -> bool:
+    """Whether request number ``seq`` has left the line."""
+    through, gone = cursor
+    if seq <= through:
+        return True
+    i = bisect_left(gone, seq)
+    return i < len(gone) and gone[i] == seq
 
 
 def queue_position(seq: int, through: int, gone: Sequence[int]) -> int:
