@@ -70,19 +70,19 @@ WITH req AS (
     FROM req r
     LEFT JOIN users u ON u.id = r.r_user
     LEFT JOIN events e ON e.id = r.r_event
+), storable AS (
+    SELECT f.*, (f.known_user IS NOT NULL AND f.known_event IS NOT NULL
+                 AND f.verdict IN ('confirmed', 'waitlisted') AND NOT f.replay) AS storable
+    FROM facts f
 ), counted AS (
     -- A user's earlier requests in this batch that pass the other checks count towards their
     -- pending cap too: the statement's own inserts are not visible to its subqueries.
-    SELECT f.*, f.pending + coalesce(count(*) FILTER (
-               WHERE f.known_user IS NOT NULL AND f.known_event IS NOT NULL
-                 AND f.verdict IN ('confirmed', 'waitlisted') AND NOT f.replay) OVER (
+    SELECT f.*, f.pending + coalesce(count(*) FILTER (WHERE f.storable) OVER (
                PARTITION BY f.r_user ORDER BY f.ord
                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS in_flight
-    FROM facts f
+    FROM storable f
 ), candidates AS (
-    SELECT c.*, (c.known_user IS NOT NULL AND c.known_event IS NOT NULL
-                 AND c.verdict IN ('confirmed', 'waitlisted') AND NOT c.replay
-                 AND c.in_flight < :max_pending) AS candidate
+    SELECT c.*, c.storable AND c.in_flight < :max_pending AS candidate
     FROM counted c
 ), lines AS (
     SELECT l.event_id, l.arrived FROM event_lines l
