@@ -1,4 +1,4 @@
-"""The waiting room's decider (migrations/sql/process_event_queue/0007.sql, promote_waitlist):
+"""The waiting room's decider (process_event_queue and its steps, promote_waitlist):
 waitlisting, promotion in arrival order with the head waiting, leaving, the start of the event,
 the per-user limit, a capacity raise through the API, and the line cursor that every place in
 line is computed from (common/bookings/line.py). The procedures run here against the real

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from common.bookings.schemas import Decision
 
 # The advisory lock class process_event_queue takes with the event id while it decides a batch
-# ('EBSD' in ASCII; migrations/sql/process_event_queue/0007.sql).
+# ('EBSD' in ASCII; migrations/sql/take_batch/0008.sql).
 DRAIN_LOCK_CLASS = 1162957636
 BUSY = "EBUSY"  # the SQLSTATE it raises when another drain holds that lock
 
