@@ -63,7 +63,8 @@ def seat_invariant_violations(session: Session) -> list[dict[str, int]]:
 
 def waitlist_violations(session: Session) -> list[dict[str, object]]:
     """What is wrong with the waiting room: a waitlist stuck while its head fits the free
-    seats, a line cursor or waitlist length that disagrees with the rows."""
+    seats, a waitlisted request larger than its event, a line cursor or waitlist length that
+    disagrees with the rows."""
     rows = session.execute(text("SELECT * FROM waitlist_violations()")).mappings()
     return [dict(row) for row in rows]
 

@@ -10,6 +10,11 @@ promote_waitlist: apply_decisions (the rows), move_line (the event row and its l
 log_decisions (the audit rows), place_in_line (a place in line from the cursor). Same
 results, one transaction and one round trip per batch as before.
 
+A waitlisted request that wants more seats than the event holds could never be met and, at
+the head, held the line forever (issue 18): promote_waitlist, which the API's edit runs, now
+rejects such requests first (decide_oversized_waitlist, reason ``capacity_lowered``), and
+waitlist_violations reports one as ``oversized_waitlist``.
+
 Revision ID: 0008
 Revises: 0007
 """
@@ -41,15 +46,17 @@ STEPS = (
     "decide_waitlist_past",
     "decide_promotions",
     "decide_requests",
+    "decide_oversized_waitlist",
     "apply_decisions",
     "move_line",
     "log_decisions",
     "settle_decisions",
 )
-REPLACED = ("process_event_queue", "promote_waitlist")
+REPLACED = ("process_event_queue", "promote_waitlist", "waitlist_violations")
 SIGNATURES = {
     "process_event_queue": "process_event_queue(integer, integer, text)",
     "promote_waitlist": "promote_waitlist(integer, text)",
+    "waitlist_violations": "waitlist_violations()",
 }
 
 
@@ -59,6 +66,9 @@ def _install(function: str, version: str) -> None:
 
 def upgrade() -> None:
     op.execute(DECISION)
+    # Takes the event row now (it passes over requests the event can never hold).
+    op.execute("DROP FUNCTION waitlist_head(integer, integer, integer)")
+    _install("waitlist_head", "0008")
     for function in STEPS:
         _install(function, "0008")
     for function in REPLACED:
@@ -72,4 +82,6 @@ def downgrade() -> None:
         _install(function, "0007")
     for function in reversed(STEPS):
         op.execute(f"DROP FUNCTION {function}")
+    op.execute("DROP FUNCTION waitlist_head(events, integer, integer)")
+    _install("waitlist_head", "0007")
     op.execute("DROP TYPE decision")

@@ -8,6 +8,6 @@ LANGUAGE sql STABLE AS $$
            CAST('waitlisted' AS varchar), CAST('confirmed' AS varchar), CAST(NULL AS varchar),
            true, h.seats_left,
            CAST(ev.waitlist_length - row_number() OVER (ORDER BY h.queue_seq) AS integer)
-    FROM waitlist_head(ev.id, ev.available_seats, p_limit) h
+    FROM waitlist_head(ev, ev.available_seats, p_limit) h
     ORDER BY h.queue_seq
 $$;

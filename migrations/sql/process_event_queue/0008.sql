@@ -11,7 +11,7 @@
 -- A decide step reads the event as the steps before it left it (event_after: free seats and
 -- waitlist length) and returns its decisions in order, each of the composite type decision
 -- with the seats and waitlist length after it; the batch is one array of them. A new kind of
--- decision is one more step here, within what is left of p_limit.
+-- decision is one more step here, within what is left of p_limit (promotions excepted).
 CREATE FUNCTION process_event_queue(
     p_event_id integer, p_limit integer, p_worker text
 ) RETURNS TABLE (
@@ -31,16 +31,17 @@ BEGIN
     END IF;
     v_batch := ARRAY(SELECT d FROM decide_cancellations(ev, p_limit) d);
     ev := event_after(ev, v_batch);
-    IF ev.waitlist_length > 0 AND cardinality(v_batch) < p_limit THEN
-        IF ev.event_date <= now() THEN
+    IF ev.waitlist_length > 0 AND ev.event_date <= now() THEN
+        IF cardinality(v_batch) < p_limit THEN
             v_batch := v_batch || ARRAY(
                 SELECT d FROM decide_waitlist_past(ev, p_limit - cardinality(v_batch)) d);
-        ELSE
-            v_batch := v_batch || ARRAY(
-                SELECT d FROM decide_promotions(ev, p_limit - cardinality(v_batch)) d);
         END IF;
-        ev := event_after(ev, v_batch);
+    ELSIF ev.waitlist_length > 0 THEN
+        -- Seats the cancellations free go to the waitlist in this transaction even when they
+        -- filled p_limit (nobody waits while seats are free): at most one more per free seat.
+        v_batch := v_batch || ARRAY(SELECT d FROM decide_promotions(ev, ev.available_seats) d);
     END IF;
+    ev := event_after(ev, v_batch);
     IF cardinality(v_batch) < p_limit THEN
         v_batch := v_batch || ARRAY(
             SELECT d FROM decide_requests(ev, v_batch, p_limit - cardinality(v_batch)) d);

@@ -1,8 +1,10 @@
 -- promote_waitlist, as migration 0008 installs it: the decider's waitlist steps for the API's
--- update_event (common/events/service.py), in the transaction that changes the event, so seats
--- an edit leaves free never sit idle while somebody waits: decide_promotions, then
--- settle_decisions as process_event_queue ends. Nothing if the event has started (the decider
--- rejects its waitlist then).
+-- update_event (common/events/service.py), in the transaction that changes the event:
+-- decide_oversized_waitlist (a request the lowered capacity can never hold leaves the line,
+-- rejected 'capacity_lowered', so it holds nobody behind it), then decide_promotions (seats an
+-- edit leaves free never sit idle while somebody waits), then settle_decisions as
+-- process_event_queue ends. Nothing if the event has started (the decider rejects its
+-- waitlist then).
 --
 -- It takes the event row lock (the caller holds it already), the one every writer of the line
 -- holds, not the drain's advisory lock: a drain waiting for the row while holding that lock
@@ -24,6 +26,10 @@ BEGIN
         RETURN;
     END IF;
     ev := taken;
+    IF ev.waitlist_length > 0 THEN
+        v_batch := ARRAY(SELECT d FROM decide_oversized_waitlist(ev) d);
+        ev := event_after(ev, v_batch);
+    END IF;
     IF ev.waitlist_length > 0 AND ev.available_seats > 0 THEN
         v_batch := v_batch || ARRAY(SELECT d FROM decide_promotions(ev, ev.available_seats) d);
     END IF;
