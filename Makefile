@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test install services db lint lock bench clean chromium
+.PHONY: run test install services db lint lock bench clean chromium sql-diff
 
 run: install services db
 	$(BIN)/ebs db seed --if-empty
@@ -69,6 +69,11 @@ bench: $(VENV)/.bench-installed services
 $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(BIN)/pip install -q --require-hashes -r requirements/bench.txt
 	touch $@
+
+# One stored procedure's change between two of its files: make sql-diff FN=process_event_queue
+# (the two newest), or FROM=0005 TO=0008 (each the newest file at or before that revision).
+sql-diff:
+	@FN="$(FN)" FROM="$(FROM)" TO="$(TO)" scripts/sql-diff.sh || [ $$? -eq 1 ]
 
 # Run by CI (.ci/run) beside `make test`; settings in pyproject.toml.
 lint: install

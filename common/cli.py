@@ -119,7 +119,8 @@ def create_admin(
 @app.command("check")
 def check() -> None:
     """Verify available_seats + confirmed seats = capacity for every event, that nobody waits on
-    a waitlist while its head fits the free seats, and each event's line cursor; exit 1 if not."""
+    a waitlist while its head fits the free seats or for more seats than the event holds, and
+    each event's line cursor; exit 1 if not."""
     from common.bookings.procedures import seat_invariant_violations, waitlist_violations
     from common.db import session_scope
 
@@ -134,7 +135,8 @@ def check() -> None:
         raise typer.Exit(1)
     typer.echo(
         "ok: available_seats + confirmed seats = capacity for every event;"
-        " no waitlist stuck while seats are free; every line cursor matches its rows"
+        " no waitlist stuck while seats are free or behind a request the event cannot hold;"
+        " every line cursor matches its rows"
     )
 
 

@@ -18,6 +18,7 @@ DomainError (500 INTERNAL_ERROR)
 │   ├── CapacityBelowBooked (409 CAPACITY_BELOW_BOOKED)
 │   ├── SoldOut (409 SOLD_OUT)
 │   ├── LimitExceeded (409 LIMIT_EXCEEDED)
+│   ├── CapacityLowered (409 CAPACITY_LOWERED)
 │   ├── AlreadyCancelled (409 ALREADY_CANCELLED)
 │   ├── BookingRejected (409 BOOKING_REJECTED)
 │   └── IdempotencyKeyReused (409 IDEMPOTENCY_KEY_REUSED)
@@ -137,6 +138,11 @@ class LimitExceeded(Conflict):
     default_message = "This booking would exceed the per-user seat limit for the event"
 
 
+class CapacityLowered(Conflict):
+    code = "CAPACITY_LOWERED"
+    default_message = "The event's capacity was lowered below the seats this request waited for"
+
+
 class AlreadyCancelled(Conflict):
     code = "ALREADY_CANCELLED"
     default_message = "The booking is already cancelled"
@@ -202,4 +208,5 @@ REJECTIONS: dict[str, type[DomainError]] = {
     "sold_out": SoldOut,
     "limit_exceeded": LimitExceeded,
     "event_past": EventPast,
+    "capacity_lowered": CapacityLowered,
 }

@@ -9,7 +9,7 @@ booking), so whichever API instance is scraped reports the totals of the whole f
 Layout, one hash ``ebs:metrics:worker``:
 
 - ``decided:<outcome>``: decisions by outcome (confirmed, sold_out, limit_exceeded,
-  event_past, cancelled);
+  event_past, capacity_lowered, cancelled);
 - ``batch:b:<i>`` / ``batch:sum`` / ``batch:count``: a histogram of batch sizes, one
   (non-cumulative) field per bucket of ``BATCH_BUCKETS`` plus ``+Inf``;
 - ``latency:b:<i>`` / ``latency:sum`` / ``latency:count``: accepted -> decided seconds per
@@ -42,6 +42,7 @@ OUTCOMES = (
     "sold_out",
     "limit_exceeded",
     "event_past",
+    "capacity_lowered",
     "cancelled",
 )
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)

@@ -1,4 +1,4 @@
-"""The waiting room's decider (migrations/sql/process_event_queue/0007.sql, promote_waitlist):
+"""The waiting room's decider (process_event_queue and its steps, promote_waitlist):
 waitlisting, promotion in arrival order with the head waiting, leaving, the start of the event,
 the per-user limit, a capacity raise through the API, and the line cursor that every place in
 line is computed from (common/bookings/line.py). The procedures run here against the real
@@ -374,3 +374,64 @@ def test_the_cursor_waits_for_a_request_whose_cancellation_came_mid_batch(
     ).one()
     db.rollback()
     assert (row.line_through, row.line_gone, row.line_waiting) == (0, [2, 3], 1)
+
+
+def test_a_capacity_lowered_below_a_waitlisted_request_rejects_it(
+    db, client, redis_client, make_user, waitlist_event, auth
+):
+    """A head that can never fit the event leaves the line (issue 18): A holds 2 of 10 seats,
+    B waits for 9, C for 1; the capacity goes down to 5. B is rejected 'capacity_lowered' and
+    told, in the edit's transaction; C, behind it, gets a free seat at once."""
+    admin = make_user(role="admin")
+    event = waitlist_event(capacity=10, max_per_user=10)
+    a, b, c = (make_user() for _ in range(3))
+    holder, big, small = ask(db, a, event, 2), ask(db, b, event, 9), ask(db, c, event, 1)
+    drain(db, event)
+    assert statuses(db, event) == {holder: "confirmed", big: "waitlisted", small: "waitlisted"}
+    listener = redis_client.pubsub()
+    listener.subscribe(decisions_channel())
+    listener.get_message(timeout=1)
+
+    response = client.put(f"/api/events/{event.id}", json={"seatCapacity": 5}, headers=auth(admin))
+    assert response.status_code == 200, response.text
+    assert statuses(db, event) == {holder: "confirmed", big: "rejected", small: "confirmed"}
+    rejected = client.get(f"/api/bookings/{big}", headers=auth(b)).json()["data"]
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "capacity_lowered")
+    assert actions(db, big) == ["waitlisted", "rejected"]
+    assert response.json()["data"]["availableSeats"] == 2
+    assert_line_consistent(db)
+    told = {}
+    while (message := listener.get_message(timeout=2)) is not None:
+        if message["type"] == "message":
+            for status in json.loads(message["data"])["data"]["decisions"]:
+                told[status["bookingId"]] = (status["status"], status.get("reason"))
+    listener.close()
+    assert told == {big: ("rejected", "capacity_lowered"), small: ("confirmed", None)}
+
+    # A cancels: the seats go to nobody stuck; newcomers are served.
+    leave(db, holder)
+    drain(db, event)
+    newcomer = ask(db, make_user(), event, 3)
+    assert drain(db, event)[newcomer].status == "confirmed"
+    assert_line_consistent(db)
+
+
+def test_ebs_check_fails_on_a_waitlisted_request_the_event_cannot_hold(
+    engine, db, make_user, waitlist_event
+):
+    event = waitlist_event(capacity=10)
+    ask(db, make_user(), event, 2)
+    ask(db, make_user(), event, 9)
+    drain(db, event)
+    assert run_cli("check").returncode == 0
+    # Capacity lowered behind the procedures' back: the head can never be met.
+    db.execute(
+        text("UPDATE events SET seat_capacity = 5, available_seats = 3 WHERE id = :id"),
+        {"id": event.id},
+    )
+    db.commit()
+    problems = db.execute(text("SELECT event_id, problem FROM waitlist_violations()")).all()
+    assert problems == [(event.id, "oversized_waitlist")]
+    broken = run_cli("check")
+    assert broken.returncode == 1
+    assert "oversized_waitlist" in broken.stderr

@@ -21,7 +21,7 @@ from common.db import Base, TimestampMixin
 STATUSES = ("pending", "waitlisted", "confirmed", "rejected", "cancelled")
 # A request still in its event's line: it has a queuePosition (common/bookings/line.py).
 IN_LINE = ("pending", "waitlisted")
-REASONS = ("sold_out", "limit_exceeded", "event_past")
+REASONS = ("sold_out", "limit_exceeded", "event_past", "capacity_lowered")
 
 
 class Booking(TimestampMixin, Base):

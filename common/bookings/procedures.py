@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from common.bookings.schemas import Decision
 
 # The advisory lock class process_event_queue takes with the event id while it decides a batch
-# ('EBSD' in ASCII; migrations/sql/process_event_queue/0007.sql).
+# ('EBSD' in ASCII; migrations/sql/take_batch/0008.sql).
 DRAIN_LOCK_CLASS = 1162957636
 BUSY = "EBUSY"  # the SQLSTATE it raises when another drain holds that lock
 
@@ -63,7 +63,8 @@ def seat_invariant_violations(session: Session) -> list[dict[str, int]]:
 
 def waitlist_violations(session: Session) -> list[dict[str, object]]:
     """What is wrong with the waiting room: a waitlist stuck while its head fits the free
-    seats, a line cursor or waitlist length that disagrees with the rows."""
+    seats, a waitlisted request larger than its event, a line cursor or waitlist length that
+    disagrees with the rows."""
     rows = session.execute(text("SELECT * FROM waitlist_violations()")).mappings()
     return [dict(row) for row in rows]
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from common.schemas import Page, ReadSchema, WriteSchema
 
 Status = Literal["pending", "waitlisted", "confirmed", "rejected", "cancelled"]
-Reason = Literal["sold_out", "limit_exceeded", "event_past"]
+Reason = Literal["sold_out", "limit_exceeded", "event_past", "capacity_lowered"]
 MAX_QUANTITY = 1000
 
 
