@@ -12,7 +12,15 @@ connection closes, and ignores the option.
 from kombu import Queue
 
 from common.settings import get_settings
-from common.tasks import BOOKINGS_QUEUE, MAINTENANCE_QUEUE, PROCESS_EVENT, SWEEP
+from common.tasks import (
+    BOOKINGS_QUEUE,
+    DELIVER_WEBHOOKS,
+    MAINTENANCE_QUEUE,
+    PROCESS_EVENT,
+    SWEEP,
+    SWEEP_WEBHOOKS,
+    WEBHOOKS_QUEUE,
+)
 
 _settings = get_settings()
 
@@ -37,10 +45,12 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 task_default_queue = BOOKINGS_QUEUE
-task_queues = (Queue(BOOKINGS_QUEUE), Queue(MAINTENANCE_QUEUE))
+task_queues = (Queue(BOOKINGS_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(WEBHOOKS_QUEUE))
 task_routes = {
     PROCESS_EVENT: {"queue": BOOKINGS_QUEUE},
     SWEEP: {"queue": MAINTENANCE_QUEUE},
+    DELIVER_WEBHOOKS: {"queue": WEBHOOKS_QUEUE},
+    SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE},
 }
 
 beat_schedule = {
@@ -48,5 +58,10 @@ beat_schedule = {
         "task": SWEEP,
         "schedule": _settings.SWEEP_INTERVAL,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": _settings.SWEEP_INTERVAL},
+    },
+    "sweep-webhooks": {
+        "task": SWEEP_WEBHOOKS,
+        "schedule": _settings.WEBHOOK_SWEEP_INTERVAL,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": _settings.WEBHOOK_SWEEP_INTERVAL},
     },
 }

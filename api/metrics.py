@@ -48,10 +48,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import AsyncRedisDep, EngineDep, SettingsDep
 from common.errors import NotFound, Unauthorized
-from common.metrics import SWEEPER_KEY, WORKER_HASH, parse_snapshot
+from common.metrics import (
+    SWEEPER_KEY,
+    WEBHOOK_HASH,
+    WEBHOOK_OUTCOMES,
+    WORKER_HASH,
+    parse_snapshot,
+)
 from common.metrics import Histogram as StoredHistogram
 from common.settings import Settings
-from common.tasks import BOOKINGS_QUEUE, MAINTENANCE_QUEUE
+from common.tasks import BOOKINGS_QUEUE, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +189,9 @@ async def _redis_families(aredis: aioredis.Redis) -> list[Metric]:
     pipe.get(SWEEPER_KEY)
     pipe.llen(BOOKINGS_QUEUE)
     pipe.llen(MAINTENANCE_QUEUE)
-    raw, sweeper, bookings_depth, maintenance_depth = await pipe.execute()
+    pipe.llen(WEBHOOKS_QUEUE)
+    pipe.hgetall(WEBHOOK_HASH)
+    raw, sweeper, bookings_depth, maintenance_depth, webhooks_depth, hooks = await pipe.execute()
     snap = parse_snapshot(raw, sweeper)
 
     decided = CounterMetricFamily(
@@ -203,7 +211,22 @@ async def _redis_families(aredis: aioredis.Redis) -> list[Metric]:
     )
     depth.add_metric([BOOKINGS_QUEUE], bookings_depth)
     depth.add_metric([MAINTENANCE_QUEUE], maintenance_depth)
+    depth.add_metric([WEBHOOKS_QUEUE], webhooks_depth)
+    deliveries = CounterMetricFamily(
+        "ebs_webhook_deliveries",
+        "Webhook messages a receiver took (2xx), all workers.",
+        value=int(hooks.get("delivered", 0)),
+    )
+    failures = CounterMetricFamily(
+        "ebs_webhook_failures",
+        "Failed webhook attempts: retry (timeout, 408, 429, 5xx), failed (other 4xx), gone (410).",
+        labels=["kind"],
+    )
+    for kind in WEBHOOK_OUTCOMES[1:]:
+        failures.add_metric([kind], int(hooks.get(kind, 0)))
     return [
+        deliveries,
+        failures,
         decided,
         _histogram_family(
             "ebs_booking_decision_latency_seconds",
@@ -228,7 +251,26 @@ def _postgres_families(engine: Engine) -> list[Metric]:
                 " FROM bookings WHERE status = 'pending'"
             )
         ).one()
+        disabled, queue_age = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM webhook_endpoints WHERE NOT enabled),"
+                " coalesce((SELECT extract(epoch FROM now() - min(h.created_at))"
+                "  FROM webhook_endpoints e CROSS JOIN LATERAL (SELECT m.created_at"
+                "   FROM webhook_messages m WHERE m.endpoint_id = e.id AND m.state = 'pending'"
+                "   ORDER BY m.id LIMIT 1) h WHERE e.enabled), 0)"
+            )
+        ).one()
     return [
+        GaugeMetricFamily(
+            "ebs_webhook_endpoints_disabled",
+            "Webhook endpoints disabled (by their owner, a 410, or a run of failures).",
+            value=disabled,
+        ),
+        GaugeMetricFamily(
+            "ebs_webhook_queue_age_seconds",
+            "Age of the oldest undelivered message of an enabled endpoint (0 when none).",
+            value=float(queue_age),
+        ),
         GaugeMetricFamily(
             "ebs_bookings_pending", "Booking requests stored but not yet decided.", value=count
         ),

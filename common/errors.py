@@ -4,13 +4,16 @@ Every error carries an HTTP status and a stable ``code`` (listed in docs/ERROR-C
 
 DomainError (500 INTERNAL_ERROR)
 ├── ValidationFailed (400 VALIDATION_ERROR)
+│   └── DestinationRefused (400 WEBHOOK_URL_REFUSED)
 ├── Unauthorized (401 UNAUTHORIZED)
 │   ├── InvalidCredentials (401 INVALID_CREDENTIALS)
 │   └── InvalidToken (401 INVALID_TOKEN)
 ├── Forbidden (403 FORBIDDEN)
 ├── NotFound (404 NOT_FOUND)
 │   ├── EventNotFound (404 EVENT_NOT_FOUND)
-│   └── BookingNotFound (404 BOOKING_NOT_FOUND)
+│   ├── BookingNotFound (404 BOOKING_NOT_FOUND)
+│   ├── WebhookNotFound (404 WEBHOOK_NOT_FOUND)
+│   └── WebhookMessageNotFound (404 WEBHOOK_MESSAGE_NOT_FOUND)
 ├── Conflict (409 CONFLICT)
 │   ├── EmailTaken (409 EMAIL_TAKEN)
 │   ├── EventPast (409 EVENT_PAST)
@@ -60,6 +63,11 @@ class ValidationFailed(DomainError):
     default_message = "Request validation failed"
 
 
+class DestinationRefused(ValidationFailed):
+    code = "WEBHOOK_URL_REFUSED"
+    default_message = "Webhooks cannot go to this address"
+
+
 class Unauthorized(DomainError):
     status_code = 401
     code = "UNAUTHORIZED"
@@ -100,6 +108,16 @@ class EventNotFound(NotFound):
 class BookingNotFound(NotFound):
     code = "BOOKING_NOT_FOUND"
     default_message = "Booking not found"
+
+
+class WebhookNotFound(NotFound):
+    code = "WEBHOOK_NOT_FOUND"
+    default_message = "Webhook endpoint not found"
+
+
+class WebhookMessageNotFound(NotFound):
+    code = "WEBHOOK_MESSAGE_NOT_FOUND"
+    default_message = "Webhook message not found"
 
 
 class Conflict(DomainError):

@@ -15,7 +15,8 @@ Layout, one hash ``ebs:metrics:worker``:
 - ``latency:b:<i>`` / ``latency:sum`` / ``latency:count``: accepted -> decided seconds per
   booking, buckets ``LATENCY_BUCKETS``.
 
-The sweeper's re-signals are the string key ``ebs:metrics:sweeper_resignalled``.
+The sweeper's re-signals are the string key ``ebs:metrics:sweeper_resignalled``. Webhook
+attempts by outcome (delivered, retry, failed, gone) are the hash ``ebs:metrics:webhooks``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from common.channels import metric_key
 
 WORKER_HASH = metric_key("worker")
 SWEEPER_KEY = metric_key("sweeper_resignalled")
+WEBHOOK_HASH = metric_key("webhooks")
+WEBHOOK_OUTCOMES = ("delivered", "retry", "failed", "gone")
 
 # A promotion from the waitlist is counted as ``promoted``, not ``confirmed``: the request was
 # already counted once, as ``waitlisted``.
@@ -95,6 +98,15 @@ def record_decided_batch(client: redis.Redis, decisions: Sequence[Decision]) -> 
         if d.status in ("confirmed", "rejected") and d.decided_at is not None and not d.promoted
     ]
     record_batch(client, decisions, latencies)
+
+
+def record_webhook_outcomes(client: redis.Redis, counts: Counter[str]) -> None:
+    """Add webhook attempts by outcome: one round trip for many attempts."""
+    if counts:
+        pipe = client.pipeline(transaction=False)
+        for name, count in counts.items():
+            pipe.hincrby(WEBHOOK_HASH, name, count)
+        pipe.execute()
 
 
 @dataclass

@@ -4,5 +4,15 @@ from common.bookings.models import Booking, BookingLog
 from common.db import Base
 from common.events.models import Event
 from common.users.models import User
+from common.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
-__all__ = ["Base", "Booking", "BookingLog", "Event", "User"]
+__all__ = [
+    "Base",
+    "Booking",
+    "BookingLog",
+    "Event",
+    "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
+]

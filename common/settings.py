@@ -75,6 +75,31 @@ class Settings(BaseSettings):
         default=50_000, ge=1, description="requests one event's line may hold; then 503"
     )
 
+    # Webhooks (docs/WEBHOOKS.md).
+    WEBHOOK_ALLOWED_NETWORKS: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="networks (CIDR) webhooks may go to although private or loopback; unset:"
+        " loopback in development and test, none in production",
+    )
+    WEBHOOK_CONNECT_TIMEOUT: float = Field(default=3.0, gt=0, le=30, description="seconds")
+    WEBHOOK_TIMEOUT: float = Field(
+        default=10.0, gt=0, le=60, description="seconds a receiver has to answer (each read)"
+    )
+    WEBHOOK_DISABLE_AFTER: int = Field(
+        default=12, ge=1, description="consecutive failed attempts that disable an endpoint"
+    )
+    WEBHOOK_SECRET_GRACE: int = Field(
+        default=86_400, ge=0, description="seconds the old secret still signs after a rotation"
+    )
+    WEBHOOK_SWEEP_INTERVAL: float = Field(
+        default=5.0, gt=0, description="seconds between the webhook sweeper's runs"
+    )
+    WEBHOOK_RETRY_DELAYS: Annotated[list[float], NoDecode] = Field(
+        default=[5, 30, 120, 300, 900, 1800, 3600, 7200, 14400, 21600, 28800],
+        description="seconds before the retry after the 1st, 2nd, ... consecutive failure"
+        " (the last repeats), each with +-20 % jitter",
+    )
+
     # Abuse limits (fixed one-minute windows in Redis).
     LOGIN_ATTEMPTS_PER_ACCOUNT: int = Field(default=5, ge=1, description="per email per window")
     LOGIN_ATTEMPTS_PER_ADDRESS: int = Field(default=20, ge=1, description="per client IP")
@@ -133,11 +158,18 @@ class Settings(BaseSettings):
         default=50, ge=1, description="commands per socket per second; twice that closes it"
     )
 
-    @field_validator("CORS_ORIGINS", "ALLOWED_HOSTS", mode="before")
+    @field_validator("CORS_ORIGINS", "ALLOWED_HOSTS", "WEBHOOK_ALLOWED_NETWORKS", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("WEBHOOK_RETRY_DELAYS", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(v) for v in value.split(",") if v.strip()]
         return value
 
     @model_validator(mode="after")
@@ -161,6 +193,13 @@ class Settings(BaseSettings):
         if self.ENABLE_SYNC_BASELINE:
             raise ValueError("ENABLE_SYNC_BASELINE is a benchmarking aid, not for production")
         return self
+
+    @property
+    def webhook_allowed_networks(self) -> list[str]:
+        """Where webhooks may go although the address is not public (docs/WEBHOOKS.md)."""
+        if self.WEBHOOK_ALLOWED_NETWORKS is not None:
+            return self.WEBHOOK_ALLOWED_NETWORKS
+        return [] if self.APP_ENV == "production" else ["127.0.0.0/8", "::1/128"]
 
     @property
     def broker_url(self) -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 PROCESS_EVENT = "bookings.process_event"
 SWEEP = "bookings.sweep"
+DELIVER_WEBHOOKS = "webhooks.deliver"
+SWEEP_WEBHOOKS = "webhooks.sweep"
 
 BOOKINGS_QUEUE = "bookings"
 MAINTENANCE_QUEUE = "maintenance"
+# Deliveries wait on other people's servers: a queue of their own, never ahead of decisions.
+WEBHOOKS_QUEUE = "webhooks"

@@ -91,7 +91,7 @@ supervise() {
   pids+=($!)
 }
 
-supervise worker "$BIN/celery" -A worker.app worker -Q bookings,maintenance --concurrency "$WORKER_CONCURRENCY" \
+supervise worker "$BIN/celery" -A worker.app worker -Q bookings,maintenance,webhooks --concurrency "$WORKER_CONCURRENCY" \
   --hostname "worker@%h" --loglevel "$LOG_LEVEL"
 supervise beat "$BIN/celery" -A worker.app beat --schedule .run/celerybeat-schedule \
   --loglevel "$LOG_LEVEL"

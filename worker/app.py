@@ -25,7 +25,7 @@ from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-app = Celery("ebs", include=["worker.tasks"])
+app = Celery("ebs", include=["worker.tasks", "worker.webhooks"])
 app.config_from_object("celeryconfig")
 
 

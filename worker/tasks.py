@@ -16,6 +16,7 @@ from common.bookings.signals import signal_event, take_signal
 from common.db import session_scope
 from common.metrics import SWEEPER_KEY, record_decided_batch
 from common.tasks import PROCESS_EVENT, SWEEP
+from worker import webhooks
 from worker.app import Resources, app, resources
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ def _publisher() -> ThreadPoolExecutor:
 def _after_batch(res: Resources, batch: list[Decision]) -> None:
     """Runs after each batch commits: tell waiters and sockets first, then count the batch."""
     publish_decisions(res.redis, batch)
+    try:
+        webhooks.after_batch(res, batch)
+    except Exception as exc:  # the outbox is committed: the webhook sweeper sends it later
+        logger.warning(
+            "could not send webhook tasks: %s", exc, extra={"event_id": batch[0].event_id}
+        )
     if logger.isEnabledFor(logging.DEBUG):
         for d in batch:
             extra = {"booking_id": d.booking_id, "event_id": d.event_id, "reason": d.reason}

@@ -1,0 +1,345 @@
+"""Webhooks: endpoints through the API, the outbox written with the decision, and delivery by a
+real Celery worker to a real HTTP receiver that fails in the ways receivers do."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from common.bookings import procedures
+from common.settings import Settings
+from common.webhooks import delivery
+from common.webhooks.deliverer import retry_delay
+from common.webhooks.messages import EVENT_TYPES
+from devstack import wait_until
+from tests.conftest import BeatProcess, WorkerProcess
+from tests.webhook_receiver import Receiver
+
+SETTLE = 120  # seconds; a hang guard only
+HOOK_ENV = {
+    "WEBHOOK_RETRY_DELAYS": "1,1,2",
+    "WEBHOOK_TIMEOUT": "1",
+    "WEBHOOK_CONNECT_TIMEOUT": "1",
+    "WEBHOOK_SWEEP_INTERVAL": "1",
+    "WEBHOOK_DISABLE_AFTER": "40",
+}
+
+# ---------------------------------------------------------------- rules without services
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fd00:ec2::254",
+     "::ffff:127.0.0.1", "100.64.0.1", "0.0.0.0"],
+)  # fmt: skip
+def test_private_loopback_link_local_and_metadata_are_refused(address):
+    assert not delivery.is_allowed(ipaddress.ip_address(address), [])
+
+
+def test_the_allow_list_opens_what_it_names_and_public_addresses_pass():
+    assert delivery.is_allowed(ipaddress.ip_address("127.0.0.1"), ["127.0.0.0/8"])
+    assert not delivery.is_allowed(ipaddress.ip_address("10.0.0.1"), ["127.0.0.0/8"])
+    assert delivery.is_allowed(ipaddress.ip_address("93.184.216.34"), [])
+
+
+def test_a_name_is_checked_by_every_address_it_resolves_to():
+    with pytest.raises(delivery.DestinationRefused):
+        delivery.resolve("http://localhost:9/x", [])
+    target = delivery.resolve("http://localhost:9/x", ["127.0.0.0/8", "::1/128"])
+    assert target.address.is_loopback and target.host == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [(200, "delivered"), (204, "delivered"), (500, "retry"), (503, "retry"), (408, "retry"),
+     (429, "retry"), (410, "gone"), (400, "failed"), (401, "failed"), (301, "failed")],
+)  # fmt: skip
+def test_what_each_status_means(status, verdict):
+    assert delivery.verdict_of(status) == verdict
+
+
+def test_the_default_schedule_spans_about_a_day_and_retry_after_is_honoured():
+    settings = Settings()
+    total = sum(settings.WEBHOOK_RETRY_DELAYS[: settings.WEBHOOK_DISABLE_AFTER - 1])
+    assert timedelta(hours=18) < timedelta(seconds=total) < timedelta(hours=30)
+    assert retry_delay(3, settings, 7.0) == 7.0
+    assert 0.8 * 120 <= retry_delay(3, settings, None) <= 1.2 * 120
+    assert delivery.retry_after("120", datetime.now(UTC)) == 120
+
+
+# ---------------------------------------------------------------- endpoints through the API
+
+
+def create(client, headers, **body):
+    return client.post("/api/webhooks", json=body, headers=headers)
+
+
+def test_secret_is_shown_once_and_scope_follows_event_ownership(
+    client, make_user, make_event, auth
+):
+    admin, creator, other = make_user("admin"), make_user(), make_user()
+    mine = make_event(created_by=creator.id)
+    answer = create(client, auth(admin), url="http://127.0.0.1:9/a")
+    assert answer.status_code == 201, answer.text
+    data = answer.json()["data"]
+    assert data["secret"].startswith("whsec_") and data["eventTypes"] is None
+    shown = client.get(f"/api/webhooks/{data['id']}", headers=auth(admin)).json()["data"]
+    assert "secret" not in shown
+
+    assert (
+        create(client, auth(creator), url="http://127.0.0.1:9/b", eventId=mine.id).status_code
+        == 201
+    )
+    assert (
+        create(client, auth(other), url="http://127.0.0.1:9/c", eventId=mine.id).status_code == 403
+    )
+    assert create(client, auth(creator), url="http://127.0.0.1:9/d").status_code == 403
+    # The creator sees their endpoint only; the admin sees both.
+    assert client.get("/api/webhooks", headers=auth(creator)).json()["data"]["total"] == 1
+    assert client.get("/api/webhooks", headers=auth(admin)).json()["data"]["total"] == 2
+    assert client.get(f"/api/webhooks/{data['id']}", headers=auth(other)).status_code == 404
+
+
+def test_private_destinations_and_unknown_types_are_refused(client, make_user, auth):
+    admin = make_user("admin")
+    refused = create(client, auth(admin), url="http://10.0.0.1/hook")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "WEBHOOK_URL_REFUSED"
+    metadata = create(client, auth(admin), url="http://169.254.169.254/latest/meta-data")
+    assert metadata.json()["error"]["code"] == "WEBHOOK_URL_REFUSED"
+    unknown = create(client, auth(admin), url="http://127.0.0.1:9/", eventTypes=["booking.nope"])
+    assert unknown.status_code == 400
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+def outbox(db) -> list[tuple[int, str]]:
+    db.rollback()
+    return [
+        tuple(r)
+        for r in db.execute(
+            text("SELECT endpoint_id, event_type FROM webhook_messages ORDER BY id")
+        )
+    ]
+
+
+def test_a_message_commits_with_its_decision_and_only_then(
+    client, make_user, make_event, auth, session_factory, db
+):
+    admin, buyer = make_user("admin"), make_user()
+    event = make_event(capacity=1)
+    everything = create(client, auth(admin), url="http://127.0.0.1:9/").json()["data"]["id"]
+    rejections = create(
+        client, auth(admin), url="http://127.0.0.1:9/r", eventTypes=["booking.rejected"]
+    ).json()["data"]["id"]
+    with session_factory() as session:
+        procedures.create_booking(session, buyer.id, event.id, "bk-rolled-back", 1)
+        session.rollback()
+    assert outbox(db) == []
+    with session_factory() as session:
+        assert procedures.create_booking(session, buyer.id, event.id, "bk-1", 1) == "confirmed"
+        assert procedures.create_booking(session, buyer.id, event.id, "bk-2", 1) == "sold_out"
+        session.commit()
+    assert outbox(db) == [
+        (everything, "booking.confirmed"),
+        (everything, "booking.rejected"),
+        (rejections, "booking.rejected"),
+    ]
+
+
+def test_every_decision_type_is_a_type_endpoints_can_pick():
+    assert {t.removeprefix("booking.") for t in EVENT_TYPES} >= {
+        "confirmed", "waitlisted", "promoted", "rejected", "cancelled"
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- delivery, end to end
+
+
+@pytest.fixture
+def hooks(engine, worker) -> Iterator[tuple[WorkerProcess, BeatProcess]]:
+    """A worker for the webhooks queue and a beat for the webhook sweeper."""
+    hook_worker = WorkerProcess("webhooks-worker", concurrency=1, queues="webhooks", **HOOK_ENV)
+    beat = BeatProcess("webhooks-beat", **HOOK_ENV)
+    yield hook_worker.start(), beat.start()
+    for proc in (hook_worker, beat):
+        if proc.proc is not None:
+            proc.stop(9)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(hang=2).start()
+    yield r
+    r.stop()
+
+
+def book(client, make_user, auth, event_id: int, count: int) -> int:
+    """Requests for one seat each; how many were stored (a sold-out event refuses at intake)."""
+    stored = 0
+    for _ in range(count):
+        answer = client.post("/api/bookings", json={"eventId": event_id}, headers=auth(make_user()))
+        assert answer.status_code in (201, 202, 409), answer.text
+        stored += answer.status_code != 409
+    return stored
+
+
+def decided_ids(db, event_id: int) -> set[str]:
+    db.rollback()
+    rows = db.execute(text("SELECT id FROM booking_logs WHERE event_id = :e"), {"e": event_id})
+    return {f"msg_{i}" for (i,) in rows}
+
+
+def settle(db, receiver: Receiver, secret: str, event_id: int, expected: int) -> dict[str, bytes]:
+    wait_until(lambda: len(decided_ids(db, event_id)) >= expected, SETTLE, "all decided")
+    ids = decided_ids(db, event_id)
+    wait_until(lambda: set(receiver.verified_ids(secret)) >= ids, SETTLE, "all delivered")
+    return receiver.verified_ids(secret)
+
+
+def test_every_message_arrives_signed_through_500_429_hang_and_close(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    receiver.script.extend([500, 429, "hang", "close", 503])
+    admin = make_user("admin")
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=5)
+    stored = book(client, make_user, auth, event.id, 8)
+    delivered = settle(db, receiver, made["secret"], event.id, stored)
+    bodies = [json.loads(b) for b in delivered.values()]
+    assert sorted(b["type"] for b in bodies).count("booking.confirmed") == 5
+    assert all(b["data"]["eventId"] == event.id and b["data"]["version"] > 0 for b in bodies)
+    # The failed attempts are in the log, with what the receiver said, under the same ids.
+    log = client.get(f"/api/webhooks/{made['id']}/deliveries?limit=100", headers=auth(admin))
+    attempts = [a for d in log.json()["data"]["deliveries"] for a in d["attemptLog"]]
+    codes = {a["statusCode"] for a in attempts}
+    assert {500, 429, 503, 200} <= codes
+    assert {a["error"] for a in attempts if a["statusCode"] is None} >= {"timeout"}
+    assert any(a["responseHead"] == "no thanks" for a in attempts)
+    sent_ids = {r.headers["webhook-id"] for r in receiver.got}
+    assert sent_ids == set(delivered), "a retry came with another webhook-id"
+    # Messages about one booking reached the receiver in the order of its versions.
+    endpoint = client.get(f"/api/webhooks/{made['id']}", headers=auth(admin)).json()["data"]
+    assert endpoint["failureCount"] == 0 and endpoint["enabled"]
+
+
+def test_410_disables_the_endpoint_and_enabling_it_sends_what_waited(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    receiver.script.append(410)
+    admin = make_user("admin")
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=5)
+    stored = book(client, make_user, auth, event.id, 1)
+    path = f"/api/webhooks/{made['id']}"
+    wait_until(
+        lambda: not client.get(path, headers=auth(admin)).json()["data"]["enabled"],
+        SETTLE,
+        "disabled by 410",
+    )
+    shown = client.get(path, headers=auth(admin)).json()["data"]
+    assert "410" in shown["disabledReason"]
+    assert receiver.accepted() == []
+    assert client.put(path, json={"enabled": True}, headers=auth(admin)).status_code == 200
+    settle(db, receiver, made["secret"], event.id, stored)
+
+
+def test_a_run_of_failures_disables_with_a_reason_and_rotation_keeps_the_old_secret(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    env = {**HOOK_ENV, "WEBHOOK_DISABLE_AFTER": "3", "WEBHOOK_RETRY_DELAYS": "1"}
+    procs = [
+        WorkerProcess("webhooks-worker-3", concurrency=1, queues="webhooks", **env).start(),
+        BeatProcess("webhooks-beat-3", **env).start(),
+    ]
+    try:
+        receiver.default = 500
+        admin = make_user("admin")
+        made = create(client, auth(admin), url=receiver.url).json()["data"]
+        event = make_event(capacity=5)
+        stored = book(client, make_user, auth, event.id, 2)
+        path = f"/api/webhooks/{made['id']}"
+        wait_until(
+            lambda: not client.get(path, headers=auth(admin)).json()["data"]["enabled"],
+            SETTLE,
+            "disabled after 3 failures",
+        )
+        reason = client.get(path, headers=auth(admin)).json()["data"]["disabledReason"]
+        assert "3 consecutive failed attempts" in reason and "HTTP 500" in reason
+        rotated = client.post(f"{path}/rotate-secret", headers=auth(admin)).json()["data"]
+        assert rotated["secret"] != made["secret"]
+        receiver.default = 200
+        client.put(path, json={"enabled": True}, headers=auth(admin))
+        # Both secrets verify during the grace period.
+        old = settle(db, receiver, made["secret"], event.id, stored)
+        assert set(receiver.verified_ids(rotated["secret"])) == set(old)
+    finally:
+        for proc in procs:
+            proc.stop(9)
+
+
+def test_a_receiver_away_and_back_gets_everything(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    admin = make_user("admin")
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    receiver.stop()
+    event = make_event(capacity=3)
+    stored = book(client, make_user, auth, event.id, 5)
+    wait_until(lambda: len(decided_ids(db, event.id)) >= stored, SETTLE, "decided")
+    log = f"/api/webhooks/{made['id']}/deliveries?state=pending"
+    wait_until(
+        lambda: any(
+            d["lastError"]
+            for d in client.get(log, headers=auth(admin)).json()["data"]["deliveries"]
+        ),
+        SETTLE,
+        "a failed attempt while away",
+    )
+    receiver.start()
+    settle(db, receiver, made["secret"], event.id, stored)
+
+
+def test_kill_9_of_the_delivering_worker_mid_request_loses_nothing(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    receiver.hang = 30  # the first request hangs until the worker is killed
+    receiver.script.append("hang")
+    env = {**HOOK_ENV, "WEBHOOK_TIMEOUT": "60"}
+    first = WorkerProcess("webhooks-doomed", concurrency=1, queues="webhooks", **env).start()
+    beat = BeatProcess("webhooks-beat-kill", **HOOK_ENV).start()
+    second = None
+    try:
+        admin = make_user("admin")
+        made = create(client, auth(admin), url=receiver.url).json()["data"]
+        event = make_event(capacity=4)
+        stored = book(client, make_user, auth, event.id, 6)
+        wait_until(receiver.first_request.is_set, SETTLE, "a delivery in flight")
+        assert first.proc is not None
+        for pid in child_pids(first.proc.pid) + [first.proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        second = WorkerProcess(
+            "webhooks-heir", concurrency=1, queues="webhooks", **HOOK_ENV
+        ).start()
+        delivered = settle(db, receiver, made["secret"], event.id, stored)
+        first_id = receiver.got[0].headers["webhook-id"]
+        assert first_id in delivered  # sent again after the kill, under its own id
+    finally:
+        for proc in (first, beat, second):
+            if proc is not None and proc.proc is not None:
+                proc.stop(9)
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
