@@ -10,10 +10,9 @@ one (``common.tokens``) both read it; ``tests/test_tokens.py`` holds them to one
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import bcrypt
@@ -39,11 +38,20 @@ class ClaimPolicy:
         Only the decimal digits of 1..max_user_id, no sign, space, leading zero or non-ASCII
         digit, so one user has one spelling and a larger number never reaches the database.
         """
-        if type(sub) is not str or not _DECIMAL.fullmatch(sub):
+        if (
+            type(sub) is not str
+            or not sub.isascii()
+            or not sub.isdigit()
+            or sub[0] == "0"
+            or len(sub) > self._user_id_digits
+        ):
             return None
-        if len(sub) > len(str(self.max_user_id)) or int(sub) > self.max_user_id:
-            return None
-        return int(sub)
+        user_id = int(sub)
+        return user_id if user_id <= self.max_user_id else None
+
+    @cached_property
+    def _user_id_digits(self) -> int:
+        return len(str(self.max_user_id))
 
     def valid_until(self, exp: object) -> float | None:
         """Until when (a Unix time) a token of this ``exp`` is accepted; None: refuse.
@@ -55,7 +63,6 @@ class ClaimPolicy:
         return float(until) if until <= self.max_valid_until else None
 
 
-_DECIMAL = re.compile(r"[1-9][0-9]*")
 CLAIMS = ClaimPolicy()
 
 

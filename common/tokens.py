@@ -67,7 +67,7 @@ def _verify_plain(token: str, key: bytes) -> tuple[int, float] | None:
     if type(claims) is not dict or not claims.keys() <= PLAIN_CLAIMS:
         return None
     exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
-    if any(claims.get(name) is None for name in CLAIMS.required):
+    if None in map(claims.get, CLAIMS.required):
         return None
     user_id, until = CLAIMS.user_id(claims.get("sub")), CLAIMS.valid_until(exp)
     now, leeway = time.time(), CLAIMS.leeway
