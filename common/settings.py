@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="seconds intake waits for Redis to take a signal"
     )
     MAX_WAIT: int = 30
+    BOOKING_DEADLINE: float = Field(
+        default=10.0, gt=0, description="seconds a booking POST takes at most, besides its wait"
+    )
     MAX_PENDING_PER_USER: int = Field(
         default=20, ge=1, description="undecided booking requests one user may have; then 429"
     )
