@@ -135,13 +135,53 @@ ID_ROUTES = {
     ("delete", "/api/bookings/{booking_id}"): 404,
     ("get", "/api/bookings/{booking_id}/logs"): 404,
 }
+# Someone else's webhook endpoint answers like a missing one; each with a body the route accepts.
+WEBHOOK_ROUTES = {
+    ("get", "/api/webhooks/{webhook_id}"): None,
+    ("put", "/api/webhooks/{webhook_id}"): {"enabled": False},
+    ("delete", "/api/webhooks/{webhook_id}"): None,
+    ("post", "/api/webhooks/{webhook_id}/rotate-secret"): {},
+    ("get", "/api/webhooks/{webhook_id}/deliveries"): None,
+    ("post", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): None,
+    ("post", "/api/webhooks/{webhook_id}/redeliver"): {"since": "2026-01-01T00:00:00Z"},
+}
 
 
 def test_every_route_with_an_id_is_listed_here(client):
     """A new route taking an id must be added to ID_ROUTES (and so tested below)."""
     paths = client.get("/openapi.json").json()["paths"]
     found = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    assert found == set(ID_ROUTES)
+    assert found == set(ID_ROUTES) | set(WEBHOOK_ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), list(WEBHOOK_ROUTES))
+def test_someone_elses_webhook_is_404_like_a_missing_one(
+    client, make_user, make_event, auth, method, path
+):
+    owner = make_user()
+    event = make_event(created_by=owner.id)
+    made = client.post(
+        "/api/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "eventId": event.id},
+        headers=auth(owner),
+    )
+    assert made.status_code == 201, made.text
+    intruder = auth(make_user())
+    body = WEBHOOK_ROUTES[(method, path)]
+    theirs = client.request(
+        method,
+        path.format(webhook_id=made.json()["data"]["id"], delivery_id=1),
+        json=body,
+        headers=intruder,
+    )
+    missing = client.request(
+        method, path.format(webhook_id=2**31 - 1, delivery_id=1), json=body, headers=intruder
+    )
+    assert theirs.status_code == 404, theirs.text
+    assert theirs.json()["error"] == missing.json()["error"]
+    # And it is untouched: its owner still reads it as it was.
+    mine = client.get(f"/api/webhooks/{made.json()['data']['id']}", headers=auth(owner))
+    assert mine.status_code == 200 and mine.json()["data"]["enabled"] is True
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from common.bookings.schemas import BookingCreate
 from common.bookings.service import new_booking_id
 from common.errors import InvalidToken
 from common.security import ALGORITHM
+from devstack import wait_until
 
 WAIT = {"Prefer": "wait=25"}
 # One more seat, straight in the database: no message tells the API (as if it were lost).
@@ -117,7 +118,9 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
             {"e": event.id},
         ).scalar_one()
         assert stamps == 1
-        assert signalled == [event.id]  # one signal for the batch, not one per request
+        # One signal for the batch, not one per request; sent once the requests are answered.
+        wait_until(lambda: signalled, 30, "the batch's signal")
+        assert signalled == [event.id]
         # What the batch read of the event feeds the seat snapshots: (seats, version, limit, ..).
         assert observed[0][:4] == (event.id, 100, event.version, event.max_seats_per_user)
 

@@ -306,8 +306,10 @@ class IntakeWriter:
                 future.set_result(outcome)
         try:
             if stored.signals:
-                await loop.run_in_executor(
-                    self._executor, send_signals, self.signal, stored.signals
+                # Shielded: the rows are committed, so their signal goes even if this task is
+                # cancelled (the loop closing) before a writer thread has picked it up.
+                await asyncio.shield(
+                    loop.run_in_executor(self._executor, send_signals, self.signal, stored.signals)
                 )
         finally:
             self._in_flight -= 1

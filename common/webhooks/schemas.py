@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, field_validator
 
-from common.schemas import Page, ReadSchema, WriteSchema
+from common.schemas import DateTimeText, Page, ReadSchema, WriteSchema
 from common.webhooks.messages import EVENT_TYPES
 
 MessageState = Literal["pending", "delivered", "failed"]
@@ -105,7 +105,7 @@ class DeliveryPage(Page):
 
 
 class Redeliver(WriteSchema):
-    since: datetime = Field(description="every message of the endpoint written since then")
+    since: DateTimeText = Field(description="every message of the endpoint written since then")
 
 
 class Redelivered(ReadSchema):
