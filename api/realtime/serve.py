@@ -25,6 +25,7 @@ from api.realtime.connections import (
     CloseMarker,
     ConnectionManager,
 )
+from api.realtime.frames import transport_of
 from api.realtime.snapshots import subscribe
 from common.pubsub import encode, now_iso
 
@@ -53,6 +54,7 @@ async def serve(
         await websocket.close(code=CLOSE_TRY_AGAIN, reason="too many connections for this user")
         return
     client = Client(websocket, user_id, expires_at, asyncio.Queue(maxsize=settings.WS_QUEUE_SIZE))
+    client.transport = transport_of(websocket.scope)
     manager.register(client)
     try:
         with track_websocket():
@@ -99,8 +101,10 @@ async def _send(manager: ConnectionManager, client: Client) -> None:
             item = await client.queue.get()
             if isinstance(item, CloseMarker):
                 return
+            client.sending = True
             with anyio.fail_after(manager.settings.WS_SEND_TIMEOUT):
                 await client.websocket.send_text(item)
+            client.sending = False
     except TimeoutError:
         manager.drop(client)
     except (WebSocketDisconnect, WebSocketDisconnected):
