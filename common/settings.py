@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         default=262_144, ge=4096, description="bytes unsent to one socket before it is dropped"
     )
     WS_MAX_PER_USER: int = Field(default=10, ge=1, description="open WebSockets per user")
+    WS_USER_RECHECK: float = Field(
+        default=10.0, ge=0, description="seconds a user found active opens sockets unchecked"
+    )
     WS_COMMANDS_PER_SECOND: int = Field(
         default=50, ge=1, description="commands per socket per second; twice that closes it"
     )

@@ -23,6 +23,7 @@ from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.hub import Hub
+from api.realtime.active import ActiveUsers
 from api.realtime.coalesce import Coalescer, Key
 from api.realtime.positions import Positions
 from common.pubsub import encode
@@ -54,6 +55,8 @@ class Client:
     expires_at: datetime  # the token's; the socket closes then (1008) and the client signs in again
     queue: asyncio.Queue[str | CloseMarker]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Whether sign-in found the user's requests in a line; None: not looked at (checked lately).
+    waits: bool | None = None
     events: set[int] = field(default_factory=set)
     # Event id -> (order key, text) of messages held while its snapshot is read.
     held: dict[int, list[tuple[Key | None, str]]] = field(default_factory=dict)
@@ -93,6 +96,7 @@ class ConnectionManager:
         self.dropped = 0  # clients dropped for not keeping up, since start
         self.resyncs = 0
         self.positions = Positions(self.to_user)
+        self.active_users = ActiveUsers(settings.WS_USER_RECHECK)
         # Set by api.realtime.fanout: seat state per event, coalesced, and the snapshots.
         self.coalescer: Coalescer
         self.direct_writes = 0  # frames written straight to a transport, since start

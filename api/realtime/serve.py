@@ -43,17 +43,20 @@ async def serve(
     if manager.closing:
         await websocket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
         return
-    who = await authenticate(websocket, token, settings, manager.session_factory)
+    who = await authenticate(
+        websocket, token, settings, manager.session_factory, manager.active_users
+    )
     if isinstance(who, str):
         if who != "disconnected":
             await websocket.close(code=CLOSE_POLICY, reason=who)
         return
-    user_id, expires_at = who
+    user_id, expires_at, waits = who
     if len(manager.by_user.get(user_id, ())) >= settings.WS_MAX_PER_USER:
         # Checked and registered with no await between: the cap is exact.
         await websocket.close(code=CLOSE_TRY_AGAIN, reason="too many connections for this user")
         return
     client = Client(websocket, user_id, expires_at, asyncio.Queue(maxsize=settings.WS_QUEUE_SIZE))
+    client.waits = waits
     client.transport = transport_of(websocket.scope)
     manager.register(client)
     try:
