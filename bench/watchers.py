@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--api-workers", type=int, default=2, help="uvicorn processes taking bookings")
     add("--client-procs", type=int, default=4, help="processes the watchers are split over")
     add("--coalesce", type=float, default=None, help="WS_COALESCE_INTERVAL for the ws process")
+    add("--storm", type=int, default=0, help="then open this many sockets at once (0: none)")
     add_target_args(parser)
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON and logs")
     add("--no-progress", action="store_true")
@@ -77,6 +78,7 @@ class Watcher(asyncio.Protocol):
         self.version = -1
         self.key: tuple[int, int] = (-1, -1)
         self.seats: int | None = None
+        self.snapshot_at: float | None = None  # when its first snapshot arrived
         self.closed = False
         self.transport: asyncio.Transport | None = None
 
@@ -131,7 +133,10 @@ class Watcher(asyncio.Protocol):
         if key <= self.key:  # docs/websockets.md: ordered by version, then the line
             self.owner.backwards += 1
         self.key, self.version, self.seats = key, version, data.get("availableSeats")
-        if message.get("type") != "subscribed":
+        if message.get("type") == "subscribed":
+            if self.snapshot_at is None:
+                self.snapshot_at = now
+        else:
             stamp = data.get("timestamp")
             if isinstance(stamp, str):
                 self.owner.lags.append(now - datetime.fromisoformat(stamp).timestamp())
@@ -147,11 +152,16 @@ class WatcherGroup:
         self.watchers: list[Watcher] = []
 
 
-async def _watch(url: str, tokens: list[str], commands: Any, results: Any) -> None:
+async def _watch(
+    url: str, tokens: list[str], commands: Any, results: Any, burst: bool = False
+) -> None:
+    """Open a socket per token (paced, or all at once: ``burst``, a reconnect storm), report
+    when all have their snapshot, then follow the sale until told its final version."""
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     group = WatcherGroup()
     key = base64.b64encode(os.urandom(16)).decode()
+    first_at = time.time()
     for i, token in enumerate(tokens):
         request = (
             f"GET {parts.path}?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -163,11 +173,12 @@ async def _watch(url: str, tokens: list[str], commands: Any, results: Any) -> No
             partial(_same, watcher), parts.hostname or "127.0.0.1", parts.port or 80
         )
         group.watchers.append(watcher)
-        if i % 200 == 199:
+        if i % 200 == 199 and not burst:
             await asyncio.sleep(0.05)  # a steady stream of opens, not one burst
-    while group.opened < len(tokens) and not any(w.closed for w in group.watchers):
-        await asyncio.sleep(0.05)
-    results.put(("open", group.opened))
+    while any(w.snapshot_at is None and not w.closed for w in group.watchers):
+        await asyncio.sleep(0.01)
+    snapshots = [w.snapshot_at for w in group.watchers if w.snapshot_at is not None]
+    results.put(("open", group.opened, first_at, max(snapshots, default=None), len(snapshots)))
     started_cpu = _own_cpu()
     final_version = await loop.run_in_executor(None, commands.get)  # the sale is over
     deadline = time.monotonic() + 10
@@ -192,8 +203,10 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _watcher_main(url: str, tokens: list[str], commands: Any, results: Any) -> None:
-    asyncio.run(_watch(url, tokens, commands, results))
+def _watcher_main(
+    url: str, tokens: list[str], commands: Any, results: Any, burst: bool = False
+) -> None:
+    asyncio.run(_watch(url, tokens, commands, results, burst))
 
 
 # ------------------------------------------------------------------ the rounds
@@ -232,36 +245,81 @@ async def one_sale(
     }
 
 
-def run_round(
-    args: argparse.Namespace, stack: Stack, ws: ApiProcess, data: Data, count: int
-) -> dict[str, Any]:
-    users = data.create_users(args.users)
-    tokens = mint_tokens(users)
-    unwatched_event = data.create_event(args.seats, 1, "Unwatched twin")
-    data.vacuum()
-    result: dict[str, Any] = {"watchers": count}
-    with CpuMeter(stack, data, args.database_url) as cpu:
-        result["unwatched"] = asyncio.run(one_sale(args, stack, data, tokens, unwatched_event))
-    result["unwatchedCpu"] = cpu.seconds
-
-    event_id = data.create_event(args.seats, 1, f"Watched by {count}")
-    watcher_tokens = mint_tokens(data.create_users(max(1, count // 10)))
-    procs, commands, results = [], [], mp.get_context("spawn").Queue()
-    per = [list(range(i, count, args.client_procs)) for i in range(args.client_procs)]
-    url = f"{ws.ws_url}/ws/events/{event_id}"
-    for indexes in per:
-        if not indexes:
+def open_watchers(
+    args: argparse.Namespace, url: str, tokens: list[str], burst: bool = False
+) -> tuple[list[Any], list[Any], Any, dict[str, Any]]:
+    """Start the watcher processes, one socket per token, and wait until every socket has its
+    snapshot: (processes, their command queues, the results queue, how the opening went)."""
+    context = mp.get_context("spawn")
+    procs, commands, results = [], [], context.Queue()
+    for i in range(args.client_procs):
+        toks = tokens[i :: args.client_procs]
+        if not toks:
             continue
-        queue = mp.get_context("spawn").Queue()
-        toks = [watcher_tokens[i // 10 % len(watcher_tokens)] for i in indexes]
-        proc = mp.get_context("spawn").Process(
-            target=_watcher_main, args=(url, toks, queue, results), daemon=True
+        queue = context.Queue()
+        proc = context.Process(
+            target=_watcher_main, args=(url, toks, queue, results, burst), daemon=True
         )
         proc.start()
         procs.append(proc)
         commands.append(queue)
-    opened = sum(results.get(timeout=300)[1] for _ in procs)
-    result["opened"] = opened
+    opened = [results.get(timeout=300) for _ in procs]
+    firsts = [o[2] for o in opened]
+    lasts = [o[3] for o in opened if o[3] is not None]
+    return (
+        procs,
+        commands,
+        results,
+        {
+            "opened": sum(o[1] for o in opened),
+            "snapshots": sum(o[4] for o in opened),
+            # From the first connect of any process to the last socket's snapshot.
+            "allSnapshotsSeconds": round(max(lasts) - min(firsts), 3) if lasts else None,
+        },
+    )
+
+
+def _per_open(cpu: CpuMeter, opened: int) -> dict[str, Any]:
+    seconds = cpu.seconds
+    return {
+        "wsUsPerOpen": round(1e6 * seconds.get("ws", 0.0) / opened, 1) if opened else None,
+        "postgresUsPerOpen": round(1e6 * seconds.get("postgres", 0.0) / opened, 1)
+        if opened
+        else None,
+    }
+
+
+def run_round(
+    args: argparse.Namespace,
+    stack: Stack,
+    ws: ApiProcess,
+    data: Data,
+    count: int,
+    watched_first: bool,
+) -> dict[str, Any]:
+    users = data.create_users(args.users)
+    tokens = mint_tokens(users)
+    result: dict[str, Any] = {"watchers": count, "watchedFirst": watched_first}
+
+    def unwatched() -> None:
+        unwatched_event = data.create_event(args.seats, 1, "Unwatched twin")
+        data.vacuum()
+        with CpuMeter(stack, data, args.database_url) as cpu:
+            result["unwatched"] = asyncio.run(one_sale(args, stack, data, tokens, unwatched_event))
+        result["unwatchedCpu"] = cpu.seconds
+
+    if not watched_first:
+        unwatched()
+    event_id = data.create_event(args.seats, 1, f"Watched by {count}")
+    data.vacuum()
+    watcher_tokens = mint_tokens(data.create_users(max(1, count // 10)))
+    url = f"{ws.ws_url}/ws/events/{event_id}"
+    toks = [watcher_tokens[i // 10 % len(watcher_tokens)] for i in range(count)]
+    # The server's cost of opening them (token, user, snapshot, handshake) counts too.
+    with CpuMeter(stack, data, args.database_url) as open_cpu:
+        procs, commands, results, opening = open_watchers(args, url, toks)
+    result["opening"] = opening | _per_open(open_cpu, opening["opened"])
+    result["opened"] = opening["opened"]
     time.sleep(1.0)
     client_pids = [p.pid for p in procs if p.pid is not None]
     client_before = sum(cpu_seconds(pid) or 0.0 for pid in client_pids)
@@ -275,18 +333,24 @@ def run_round(
     for proc in procs:
         proc.join(10)
     result["watchedCpu"] = cpu.seconds
+    if watched_first:
+        time.sleep(1.0)
+        unwatched()
     messages = sum(d[2] for d in done)
     lags = [x * 1000 for d in done for x in d[4]]
     finals = [f for d in done for f in d[5]]
     final_seats = result["watched"]["state"]["availableSeats"]
-    unwatched, watched = result["unwatched"], result["watched"]
+    unwatched_sale, watched = result["unwatched"], result["watched"]
     ws_cpu = cpu.seconds.get("ws", 0.0)
     api_cpu = cpu.seconds.get("api", 0.0)
     result["summary"] = {
-        "decisionsRatio": round(watched["decisionsPerSecond"] / unwatched["decisionsPerSecond"], 3)
-        if unwatched["decisionsPerSecond"] and watched["decisionsPerSecond"]
+        "watchedFirst": watched_first,
+        "decisionsRatio": round(
+            watched["decisionsPerSecond"] / unwatched_sale["decisionsPerSecond"], 3
+        )
+        if unwatched_sale["decisionsPerSecond"] and watched["decisionsPerSecond"]
         else None,
-        "unwatchedDecisionsPerSecond": unwatched["decisionsPerSecond"],
+        "unwatchedDecisionsPerSecond": unwatched_sale["decisionsPerSecond"],
         "watchedDecisionsPerSecond": watched["decisionsPerSecond"],
         "delivered": messages,
         "lagMs": _percentiles(lags),
@@ -303,8 +367,29 @@ def run_round(
         "clientUsPerDelivered": round(1e6 * client_cpu / messages, 2) if messages else None,
         "onFinalCount": sum(1 for v, s in finals if v == final_version and s == final_seats),
         "backwards": sum(d[3] for d in done),
+        "opening": result["opening"],
     }
     return result
+
+
+def storm(args: argparse.Namespace, stack: Stack, ws: ApiProcess, data: Data) -> dict[str, Any]:
+    """``--storm`` sockets opened at once, as the clients of a dead instance all coming back
+    (users new to the ws process, 10 sockets each): how long until every one has a snapshot,
+    and the server's CPU per socket."""
+    event_id = data.create_event(args.seats, 1, "Storm")
+    tokens = mint_tokens(data.create_users(max(1, args.storm // 10)))
+    toks = [tokens[i // 10 % len(tokens)] for i in range(args.storm)]
+    with CpuMeter(stack, data, args.database_url) as cpu:
+        procs, commands, results, opening = open_watchers(
+            args, f"{ws.ws_url}/ws/events/{event_id}", toks, burst=True
+        )
+    for queue in commands:
+        queue.put(-1)
+    for _ in procs:
+        results.get(timeout=120)
+    for proc in procs:
+        proc.join(10)
+    return {"sockets": args.storm, **opening, **_per_open(cpu, opening["opened"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,9 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     report["fdLimit"] = limit
     rounds = []
     try:
-        for count in [int(x) for x in args.watchers.split(",") if x.strip()]:
-            rounds.append(run_round(args, stack, ws, data, count))
+        counts = [int(x) for x in args.watchers.split(",") if x.strip()]
+        for index, count in enumerate(counts):
+            # Alternate which sale runs first, so the one second is not always the watched one.
+            rounds.append(run_round(args, stack, ws, data, count, watched_first=index % 2 == 1))
             print(json.dumps({"watchers": count, **rounds[-1]["summary"]}), flush=True)
+        if args.storm:
+            report["storm"] = storm(args, stack, ws, data)
+            print(json.dumps({"storm": report["storm"]}), flush=True)
     finally:
         stack.stop()
         data.close()

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     WS_COALESCE_INTERVAL: float = Field(
         default=0.1, ge=0, le=5, description="seconds between seat messages per event; 0 = each"
     )
+    WS_LINE_INTERVAL: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="seconds between seat messages that move only the line",
+    )
     WS_WRITE_BUFFER: int = Field(
         default=262_144, ge=4096, description="bytes unsent to one socket before it is dropped"
     )

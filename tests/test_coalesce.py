@@ -1,6 +1,7 @@
 """Seat messages coalesced per event (api/realtime/coalesce.py), against a model: whatever the
 order and timing of the workers' messages, watchers see versions only rise, at most one seat
-message per interval, none held past its interval, and always the newest state last.
+message per interval (per line interval when only the line moved), none held past its
+interval, and always the newest state last.
 
 Pure: no services; time is a number the test moves.
 """
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from api.realtime.coalesce import SEAT_TYPES, Coalescer, Key
 
 INTERVAL = 0.1
+LINE_INTERVAL = 0.5
 
 message = st.tuples(
     st.integers(0, 30),  # version
@@ -43,7 +45,7 @@ def replay(messages: list[tuple[int, int, str, float]]) -> tuple[list[tuple[floa
     now = 0.0
     emitted: list[tuple[float, Key]] = []
     due: list[float] = []
-    coalescer = Coalescer(INTERVAL, lambda _e, key, _m: emitted.append((now, key)))
+    coalescer = Coalescer(INTERVAL, lambda _e, key, _m: emitted.append((now, key)), LINE_INTERVAL)
 
     def run_until(t: float) -> None:
         nonlocal now
@@ -60,7 +62,7 @@ def replay(messages: list[tuple[int, int, str, float]]) -> tuple[list[tuple[floa
         flush_at = coalescer.offer(1, seat(version, departed, kind), now)
         if flush_at is not None:
             due.append(flush_at)
-    run_until(now + 10 * INTERVAL)
+    run_until(now + 10 * LINE_INTERVAL)
     return emitted, now
 
 
@@ -78,14 +80,18 @@ def test_watchers_see_versions_rise_and_always_the_newest_state_last(messages):
 @given(st.lists(message.filter(lambda m: m[2] in SEAT_TYPES), min_size=1, max_size=40))
 def test_seat_messages_go_at_most_once_an_interval_and_wait_at_most_one(messages):
     emitted, _ = replay(messages)
-    times = [t for t, _ in emitted]
-    for earlier, later in zip(times, times[1:], strict=False):
-        assert later - earlier >= INTERVAL - 1e-9
-    # Each message offered is covered (itself, or one as new, sent) within one interval.
-    now = 0.0
+    for (earlier, before), (later, after) in zip(emitted, emitted[1:], strict=False):
+        # Seats moved: one interval apart at least; only the line moved: one line interval.
+        gap = INTERVAL if after[0] != before[0] else LINE_INTERVAL
+        assert later - earlier >= gap - 1e-9
+    # Each message offered is covered (itself, or one as new, sent) within one interval if it
+    # moves the seats past all before it, else within one line interval.
+    now, highest = 0.0, -1
     for version, departed, _, gap in messages:
         now += gap
-        assert any(k >= (version, departed) and t <= now + INTERVAL + 1e-9 for t, k in emitted)
+        wait = INTERVAL if version > highest else LINE_INTERVAL
+        highest = max(highest, version)
+        assert any(k >= (version, departed) and t <= now + wait + 1e-9 for t, k in emitted)
 
 
 def test_the_snapshot_is_the_newest_state_heard_even_while_it_waits():

@@ -6,6 +6,11 @@ goes out (with the batch counts of every message it stands for). A message is ne
 than one interval, and the newest one is always sent: coalescing hides intermediate states,
 never the last one.
 
+A message that moves only the line (its version is the one already sent: no seat changed, as
+when a sold-out event rejects requests) waits for ``WS_LINE_INTERVAL`` instead (default 1 s):
+the counter does not move, and a sold-out sale's rejections would otherwise cost every watcher
+ten messages a second. A seat change arriving meanwhile goes out within the shorter interval.
+
 Messages of one event are ordered by ``order_key``: the version, then how far the line has
 moved (a ``line_update`` may carry a version already known; its line is still news). Anything
 not newer than what was already sent or is waiting is dropped here, so two workers' messages
@@ -54,17 +59,23 @@ def _kind(counts: dict[str, int]) -> str:
 @dataclass(slots=True)
 class _Event:
     sent: Key  # the key of the last message emitted
-    quiet_at: float  # when the current interval ends; a message after it goes out at once
+    sent_at: float  # when it was emitted
     pending: dict[str, Any] | None = None  # the newest message waiting for the interval's end
     pending_key: Key = (-1, -1)
     merged: dict[str, int] | None = None  # batch counts of every message the pending one covers
     batches: int = 0
-    scheduled: bool = False
+    due: float | None = None  # when the waiting message goes out
 
 
 class Coalescer:
-    def __init__(self, interval: float, emit: Callable[[int, Key, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        interval: float,
+        emit: Callable[[int, Key, dict[str, Any]], None],
+        line_interval: float | None = None,
+    ) -> None:
         self.interval = interval
+        self.line_interval = interval if line_interval is None else max(interval, line_interval)
         self.emit = emit
         self._events: dict[int, _Event] = {}
         # The newest state heard per event (snapshot fields and line), kept even while coalesced,
@@ -124,17 +135,16 @@ class Coalescer:
         self.remember(event_id, key, state, now)
         event = self._events.get(event_id)
         if event is None:
-            event = self._events[event_id] = _Event(sent=(-1, -1), quiet_at=float("-inf"))
+            event = self._events[event_id] = _Event(sent=(-1, -1), sent_at=float("-inf"))
         if key <= event.sent or key <= event.pending_key:
             return None  # older than, or the same as, what went out or waits
         if message.get("type") not in SEAT_TYPES:
             # An admin's change goes out at once, after anything older still waiting.
-            self._emit_pending(event_id, event)
-            self._send(event_id, event, key, message)
+            self._emit_pending(event_id, event, now)
+            self._send(event_id, event, key, message, now)
             return None
-        if now >= event.quiet_at and event.pending is None:
-            self._send(event_id, event, key, message)
-            event.quiet_at = now + self.interval
+        if event.pending is None and now >= self._ready_at(event, key):
+            self._send(event_id, event, key, message, now)
             return None
         merged = event.merged or dict.fromkeys(COUNTS, 0)
         for name in COUNTS:
@@ -143,25 +153,30 @@ class Coalescer:
                 merged[name] += value
         event.pending, event.pending_key, event.merged = message, key, merged
         event.batches += 1
-        if event.scheduled:
-            return None
-        event.scheduled = True
-        return event.quiet_at
+        due = max(now, self._ready_at(event, key))
+        if event.due is not None and event.due <= due:
+            return None  # a flush as early is already scheduled
+        event.due = due
+        return due
+
+    def _ready_at(self, event: _Event, key: Key) -> float:
+        """When a message of ``key`` may go: one interval after the last, or the longer line
+        interval if it moves no seats (its version went out already)."""
+        seats_moved = key[0] != event.sent[0]
+        return event.sent_at + (self.interval if seats_moved else self.line_interval)
 
     def flush(self, event_id: int, now: float) -> float | None:
-        """The interval ended: send the newest waiting message. Returns the next flush time if
-        the interval must be watched again (it restarts with what was just sent)."""
+        """A scheduled time came: send the newest waiting message if it is due. Returns a time
+        to call again when it is not due yet (a timer that fired early)."""
         event = self._events.get(event_id)
-        if event is None:
+        if event is None or event.pending is None or event.due is None:
             return None
-        event.scheduled = False
-        if event.pending is None:
-            return None
-        self._emit_pending(event_id, event)
-        event.quiet_at = now + self.interval
+        if now < event.due:
+            return event.due
+        self._emit_pending(event_id, event, now)
         return None
 
-    def _emit_pending(self, event_id: int, event: _Event) -> None:
+    def _emit_pending(self, event_id: int, event: _Event, now: float) -> None:
         message, key, merged, batches = (
             event.pending,
             event.pending_key,
@@ -169,13 +184,16 @@ class Coalescer:
             event.batches,
         )
         event.pending, event.pending_key, event.merged, event.batches = None, (-1, -1), None, 0
+        event.due = None
         if message is None or key <= event.sent:
             return
         if batches > 1 and merged is not None:
             data = {**message["data"], **merged, "batches": batches}
             message = {"type": _kind(merged), "data": data}
-        self._send(event_id, event, key, message)
+        self._send(event_id, event, key, message, now)
 
-    def _send(self, event_id: int, event: _Event, key: Key, message: dict[str, Any]) -> None:
-        event.sent = key
+    def _send(
+        self, event_id: int, event: _Event, key: Key, message: dict[str, Any], now: float
+    ) -> None:
+        event.sent, event.sent_at = key, now
         self.emit(event_id, key, message)

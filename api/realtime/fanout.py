@@ -26,8 +26,11 @@ _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 
 def install(manager: ConnectionManager) -> None:
     """Give ``manager`` its coalescer, whose messages go to the event's subscribers."""
+    settings = manager.settings
     manager.coalescer = Coalescer(
-        manager.settings.WS_COALESCE_INTERVAL, lambda e, k, m: _emit(manager, e, k, m)
+        settings.WS_COALESCE_INTERVAL,
+        lambda e, k, m: _emit(manager, e, k, m),
+        settings.WS_LINE_INTERVAL,
     )
 
 
