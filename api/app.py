@@ -23,7 +23,8 @@ from api.middleware import (
     RequestIdMiddleware,
 )
 from api.realtime.connections import ConnectionManager
-from api.realtime.fanout import dispatch
+from api.realtime.fanout import dispatch, install
+from api.realtime.frames import RawSend
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
 from api.routes import auth, bookings, events, health, webhooks, ws
@@ -113,6 +114,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.signal = partial(signal_event, state.signal_redis, state.celery, ttl=settings.SIGNAL_TTL)
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
+    install(state.realtime)
     state.hub.add_listener(partial(dispatch, state.realtime))
     start_intake(state)
     if settings.LEAN_PATH and isinstance(app, fastpath.App):
@@ -175,4 +177,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so its timing and status cover every other layer (413s, CORS, errors).
     app.add_middleware(metrics.MetricsMiddleware)
+    # Outside even that: it only notes each WebSocket's own send (api/realtime/frames.py).
+    app.add_middleware(RawSend)
     return app

@@ -164,7 +164,22 @@ class Settings(BaseSettings):
     HTTP_BODY_TIMEOUT: float = Field(
         default=30.0, gt=0, description="seconds to send a request's body, else 408"
     )
+    WS_COALESCE_INTERVAL: float = Field(
+        default=0.1, ge=0, le=5, description="seconds between seat messages per event; 0 = each"
+    )
+    WS_LINE_INTERVAL: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="seconds between seat messages that move only the line",
+    )
+    WS_WRITE_BUFFER: int = Field(
+        default=262_144, ge=4096, description="bytes unsent to one socket before it is dropped"
+    )
     WS_MAX_PER_USER: int = Field(default=10, ge=1, description="open WebSockets per user")
+    WS_USER_RECHECK: float = Field(
+        default=10.0, ge=0, description="seconds a user found active opens sockets unchecked"
+    )
     WS_COMMANDS_PER_SECOND: int = Field(
         default=50, ge=1, description="commands per socket per second; twice that closes it"
     )

@@ -24,7 +24,7 @@ import yaml
 from common.settings import Settings
 from devstack import ROOT
 
-OURS = {"migrate", "api", "worker", "beat", "flower"}
+OURS = {"migrate", "api", "ws", "worker", "beat", "flower"}
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET", "METRICS_TOKEN", "FLOWER_PASSWORD"}
 INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 

@@ -1,24 +1,43 @@
-"""Who may open a socket: the browser's Origin, then a valid token of an active user."""
+"""Who may open a socket: the browser's Origin, then a valid token of an active user.
+
+Opening a socket is cheap so that thousands can come back at once (docs/websockets.md,
+"Reconnecting"): the token is judged by the shared token cache (``common.tokens``, the policy
+HTTP requests follow) and the user by ``api.realtime.active``.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import base64
+import json
+from datetime import UTC, datetime
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import anyio
 from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api.middleware import request_host
+from api.realtime.active import ActiveUsers
 from api.realtime.commands import BadMessage, decode, field
-from common.db import session_scope
 from common.errors import InvalidToken
-from common.security import read_access_token
 from common.settings import Settings
-from common.users import service as users_service
+from common.tokens import token_cache
 
 AUTH_TIMEOUT = 5.0  # seconds to send {"type": "auth"} when the URL carries no token
+
+
+class Admitted(NamedTuple):
+    user_id: int
+    expires_at: datetime
+    waits: bool | None  # requests in a line; None when the user was not looked up (recent)
+
+
+def _expiry(token: str) -> datetime:
+    # Only for a token the cache has just verified: its exp is there and numeric.
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return datetime.fromtimestamp(claims["exp"], UTC)
 
 
 def origin_allowed(settings: Settings, websocket: WebSocket) -> bool:
@@ -39,8 +58,9 @@ async def authenticate(
     token: str | None,
     settings: Settings,
     session_factory: sessionmaker[Session],
-) -> tuple[int, datetime] | str:
-    """The user id and the token's expiry, or the reason to close with 1008."""
+    users: ActiveUsers,
+) -> Admitted | str:
+    """Who signed in, or the reason to close with 1008."""
     if token is None:
         with anyio.move_on_after(AUTH_TIMEOUT):
             message = await websocket.receive()
@@ -57,18 +77,10 @@ async def authenticate(
         if token is None:
             return "authentication timeout"
     try:
-        user_id, expires_at = read_access_token(token, settings)
+        user_id = token_cache(settings).user_id(token)
     except InvalidToken:
         return "invalid or expired token"
-
-    def active() -> bool:
-        with session_scope(session_factory) as session:
-            try:
-                users_service.get_active(session, user_id)
-            except InvalidToken:
-                return False
-        return True
-
-    if not await run_in_threadpool(active):
+    active, waits = await users.check(user_id, session_factory)
+    if not active:
         return "invalid or expired token"
-    return user_id, expires_at
+    return Admitted(user_id, _expiry(token), waits)

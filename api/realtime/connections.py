@@ -23,6 +23,8 @@ from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.hub import Hub
+from api.realtime.active import ActiveUsers
+from api.realtime.coalesce import Coalescer, Key
 from api.realtime.positions import Positions
 from common.pubsub import encode
 from common.settings import Settings
@@ -53,9 +55,16 @@ class Client:
     expires_at: datetime  # the token's; the socket closes then (1008) and the client signs in again
     queue: asyncio.Queue[str | CloseMarker]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Whether sign-in found the user's requests in a line; None: not looked at (checked lately).
+    waits: bool | None = None
     events: set[int] = field(default_factory=set)
-    # Event id -> (version, text) of messages held while its snapshot is read.
-    held: dict[int, list[tuple[int | None, str]]] = field(default_factory=dict)
+    # Event id -> (order key, text) of messages held while its snapshot is read.
+    held: dict[int, list[tuple[Key | None, str]]] = field(default_factory=dict)
+    # Event id -> the order key of its snapshot: nothing at or below it follows.
+    floor: dict[int, Key] = field(default_factory=dict)
+    # Set where frames may be written straight to the socket (api.realtime.frames).
+    transport: asyncio.WriteTransport | None = None
+    sending: bool = False  # the sender task is writing a frame from the queue
     scope: anyio.CancelScope | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -87,6 +96,10 @@ class ConnectionManager:
         self.dropped = 0  # clients dropped for not keeping up, since start
         self.resyncs = 0
         self.positions = Positions(self.to_user)
+        self.active_users = ActiveUsers(settings.WS_USER_RECHECK)
+        # Set by api.realtime.fanout: seat state per event, coalesced, and the snapshots.
+        self.coalescer: Coalescer
+        self.direct_writes = 0  # frames written straight to a transport, since start
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
@@ -100,6 +113,25 @@ class ConnectionManager:
         except asyncio.QueueFull:
             self.drop(client)
             return False
+
+    def deliver(self, client: Client, text: str, frame: bytes) -> bool:
+        """``offer``, but a socket with nothing queued or being written gets ``frame`` (the
+        same message, framed once for every socket) on its transport at once."""
+        transport = client.transport
+        if (
+            transport is None
+            or client.sending
+            or client.close_code is not None
+            or not client.queue.empty()
+            or transport.is_closing()
+        ):
+            return self.offer(client, text)
+        if transport.get_write_buffer_size() > self.settings.WS_WRITE_BUFFER:
+            self.drop(client)  # the kernel's buffer and ours are full: it is not reading
+            return False
+        transport.write(frame)
+        self.direct_writes += 1
+        return True
 
     def drop(self, client: Client) -> None:
         if client.close_code is None:
@@ -135,6 +167,7 @@ class ConnectionManager:
         """Unsubscribe ``client`` from ``event_id`` without telling it."""
         client.events.discard(event_id)
         client.held.pop(event_id, None)
+        client.floor.pop(event_id, None)
         subscribers = self.by_event.get(event_id)
         if subscribers is not None:
             subscribers.discard(client)

@@ -1,63 +1,99 @@
 """Fan-out: the Hub's listener, routing each pub/sub message to the sockets that should see it.
 
-Event messages go to that event's subscribers, ``booking_status`` to the owner's sockets only,
-and ``resync`` (the Hub's subscription came back) to every client as fresh snapshots. The line
-in event messages, the statuses and the bookings this instance accepted also feed the places in
-line (``positions``), which send ``queue_position`` to owners. Dispatch never awaits a socket:
-it only fills queues.
+Seat messages of an event go through its ``Coalescer`` (at most one per ``WS_COALESCE_INTERVAL``,
+always the newest) and each one that comes out is encoded and framed once, then written to every
+subscriber (``ConnectionManager.deliver``). ``booking_status`` goes to the owner's sockets only,
+never coalesced, and ``resync`` (the Hub's subscription came back) to every client as fresh
+snapshots. The line in event messages, the statuses and the bookings this instance accepted also
+feed the places in line (``positions``), which send ``queue_position`` to owners. Dispatch never
+awaits a socket: it only writes to buffers and fills queues.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from api.realtime import positions
-from api.realtime.connections import Client, ConnectionManager
+from api.realtime.coalesce import Coalescer, Key
+from api.realtime.connections import ConnectionManager
+from api.realtime.frames import text_frame
 from api.realtime.snapshots import resync
+
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def install(manager: ConnectionManager) -> None:
+    """Give ``manager`` its coalescer, whose messages go to the event's subscribers."""
+    settings = manager.settings
+    manager.coalescer = Coalescer(
+        settings.WS_COALESCE_INTERVAL,
+        lambda e, k, m: _emit(manager, e, k, m),
+        settings.WS_LINE_INTERVAL,
+    )
 
 
 def dispatch(manager: ConnectionManager, kind: str, ident: int, message: dict[str, Any]) -> None:
     """Hub listener: route one pub/sub message. Never awaits a socket."""
     if kind == "resync":
+        manager.coalescer.forget()  # whatever was missed makes the memory stale
         manager.spawn(resync(manager))
         manager.spawn(positions.reload(manager))
         return
     if kind == "event":
         # Every event's messages reach this listener (the Hub subscribes to the pattern of all
         # event channels): the line they carry moves the places of connected users' bookings
-        # whether or not any socket follows the event.
+        # whether or not any socket follows the event, and the seat state kept here is every
+        # event's snapshot.
         manager.positions.on_event(ident, message)
-        subscribers = manager.by_event.get(ident)
-        if not subscribers:
-            return
-        text = json.dumps(message, separators=(",", ":"), default=str)
-        version = message.get("data", {}).get("version")
-        for client in list(subscribers):
-            _deliver_event(manager, client, ident, version, text)
         if message.get("type") == "event_deleted":
-            for client in list(subscribers):
-                manager.forget(client, ident)
+            manager.coalescer.forget(ident)
+            subscribers = manager.by_event.get(ident)
+            if subscribers:
+                text = _ENCODER.encode(message)
+                for client in list(subscribers):
+                    manager.offer(client, text)
+                    manager.forget(client, ident)
+            return
+        loop = asyncio.get_running_loop()
+        flush_at = manager.coalescer.offer(ident, message, loop.time())
+        if flush_at is not None:
+            loop.call_at(flush_at, _flush, manager, ident)
     elif kind == "user" and message.get("type") == "booking_status":
         owners = manager.by_user.get(ident)
         if not owners:
             return
         manager.positions.on_status(ident, message.get("data") or {})
-        text = json.dumps(message, separators=(",", ":"), default=str)
+        text = _ENCODER.encode(message)
         for client in list(owners):
             manager.offer(client, text)
     elif kind == "user" and message.get("type") == "booking_accepted":
         manager.positions.on_accepted(ident, message["data"])  # in-process, never relayed
 
 
-def _deliver_event(
-    manager: ConnectionManager, client: Client, event_id: int, version: int | None, text: str
-) -> None:
-    held = client.held.get(event_id)
-    if held is None or version is None:
-        manager.offer(client, text)
+def _flush(manager: ConnectionManager, event_id: int) -> None:
+    loop = asyncio.get_running_loop()
+    again = manager.coalescer.flush(event_id, loop.time())
+    if again is not None:
+        loop.call_at(again, _flush, manager, event_id)
+
+
+def _emit(manager: ConnectionManager, event_id: int, key: Key, message: dict[str, Any]) -> None:
+    subscribers = manager.by_event.get(event_id)
+    if not subscribers:
         return
-    # Its snapshot is being read: held until then (api.realtime.snapshots).
-    held.append((version, text))
-    if len(held) > manager.settings.WS_QUEUE_SIZE:
-        manager.drop(client)
+    text = _ENCODER.encode(message)  # once per message and process, not per socket
+    frame = text_frame(text)
+    for client in list(subscribers):
+        floor = client.floor.get(event_id)
+        if floor is not None and key <= floor:
+            continue  # its snapshot is already this new (the handover never repeats)
+        held = client.held.get(event_id)
+        if held is None:
+            manager.deliver(client, text, frame)
+            continue
+        # Its snapshot is being read: held until then (api.realtime.snapshots).
+        held.append((key, text))
+        if len(held) > manager.settings.WS_QUEUE_SIZE:
+            manager.drop(client)

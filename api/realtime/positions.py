@@ -85,6 +85,9 @@ class Positions:
         # ``SETTLED_KEPT``): one read or accepted just after its decision went by is not
         # followed again.
         self.settled: dict[int, dict[str, None]] = {}
+        # Signed-in users whose waiting bookings were read (or known to be none): another
+        # socket of theirs gets its places from here, without a query.
+        self.read: set[int] = set()
 
     # ------------------------------------------------------------------ what arrives
 
@@ -161,6 +164,12 @@ class Positions:
             self._drop(waiting)
         self.by_user.pop(user_id, None)
         self.settled.pop(user_id, None)
+        self.read.discard(user_id)
+
+    def places(self, user_id: int) -> list[str]:
+        """The known places of the user's waiting bookings, for a socket that just opened."""
+        mine = self.by_user.get(user_id, {})
+        return [w.message() for w in mine.values() if w.position is not None]
 
     def loaded(
         self,
@@ -195,6 +204,7 @@ class Positions:
             # A message heard while the row was read may be newer than the row.
             self._newer(row.event_id, (row.line_through, row.line_gone))
             self._place(waiting, self.cursors[row.event_id])
+        self.read.update(u for u in users if u in self.by_user)
         if complete:
             for user_id in users:
                 for waiting in list(self.by_user.get(user_id, {}).values()):
@@ -272,16 +282,23 @@ async def _read(manager: ConnectionManager, users: Collection[int]) -> list[Any]
 
 
 async def load(manager: ConnectionManager, client: Client) -> None:
-    """A socket signed in: its user's waiting bookings, one query; the new socket hears the
-    place of each (the bookings new to this instance go to all the user's sockets)."""
-    try:
-        rows = await _read(manager, [client.user_id])
-    except Exception:  # the socket still serves seats and statuses; places follow the line
-        logger.exception("cannot read the places in line of user %s", client.user_id)
+    """A socket signed in: its user's waiting bookings, one query, and the new socket hears the
+    place of each (the bookings new to this instance go to all the user's sockets). No query
+    when another socket of the user here has read them, or sign-in found none in line."""
+    positions, user_id = manager.positions, client.user_id
+    if user_id in positions.read:
+        texts = positions.places(user_id)
+    elif client.waits is False:
+        positions.read.add(user_id)  # as a read that found nothing: accepted ones follow
         return
-    for text in manager.positions.loaded(rows, [client.user_id], complete=False).get(
-        client.user_id, ()
-    ):
+    else:
+        try:
+            rows = await _read(manager, [user_id])
+        except Exception:  # the socket still serves seats and statuses; places follow the line
+            logger.exception("cannot read the places in line of user %s", user_id)
+            return
+        texts = positions.loaded(rows, [user_id], complete=False).get(user_id, [])
+    for text in texts:
         if not manager.offer(client, text):
             return
 

@@ -25,6 +25,7 @@ from api.realtime.connections import (
     CloseMarker,
     ConnectionManager,
 )
+from api.realtime.frames import transport_of
 from api.realtime.snapshots import subscribe
 from common.pubsub import encode, now_iso
 
@@ -42,17 +43,21 @@ async def serve(
     if manager.closing:
         await websocket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
         return
-    who = await authenticate(websocket, token, settings, manager.session_factory)
+    who = await authenticate(
+        websocket, token, settings, manager.session_factory, manager.active_users
+    )
     if isinstance(who, str):
         if who != "disconnected":
             await websocket.close(code=CLOSE_POLICY, reason=who)
         return
-    user_id, expires_at = who
+    user_id, expires_at, waits = who
     if len(manager.by_user.get(user_id, ())) >= settings.WS_MAX_PER_USER:
         # Checked and registered with no await between: the cap is exact.
         await websocket.close(code=CLOSE_TRY_AGAIN, reason="too many connections for this user")
         return
     client = Client(websocket, user_id, expires_at, asyncio.Queue(maxsize=settings.WS_QUEUE_SIZE))
+    client.waits = waits
+    client.transport = transport_of(websocket.scope)
     manager.register(client)
     try:
         with track_websocket():
@@ -99,8 +104,10 @@ async def _send(manager: ConnectionManager, client: Client) -> None:
             item = await client.queue.get()
             if isinstance(item, CloseMarker):
                 return
+            client.sending = True
             with anyio.fail_after(manager.settings.WS_SEND_TIMEOUT):
                 await client.websocket.send_text(item)
+            client.sending = False
     except TimeoutError:
         manager.drop(client)
     except (WebSocketDisconnect, WebSocketDisconnected):

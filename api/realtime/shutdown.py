@@ -6,9 +6,14 @@ from __future__ import annotations
 from api.hub import within
 from api.realtime.connections import CLOSE, CLOSE_GOING_AWAY, ConnectionManager
 
+# Tells clients when to come back (docs/websockets.md, "Reconnecting"): each waits a random
+# part of it, so a draining instance's sockets return spread out, not in one burst.
+RECONNECT_SPREAD_MS = 2000
+GOING_AWAY_REASON = f"server shutting down; reconnect within {RECONNECT_SPREAD_MS} ms"
+
 
 def begin_close(
-    manager: ConnectionManager, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
+    manager: ConnectionManager, code: int = CLOSE_GOING_AWAY, reason: str = GOING_AWAY_REASON
 ) -> None:
     """Send each socket what it has queued, then close it with ``code``; refuse new ones."""
     manager.closing = True

@@ -1,19 +1,25 @@
 """Snapshots, and the order of messages around them.
 
-Snapshots are read from PostgreSQL in the threadpool, one short session each; no socket holds a
-DB connection. Messages for an event that arrive while its snapshot is being read are held
-(``Client.held``) and only those newer than the snapshot follow it, so each client sees one
-ordered stream per event. A resync does the same for every client at once.
+A snapshot comes from memory: the newest seat state this process has heard of the event (kept
+by ``api.realtime.coalesce``), so opening a socket or subscribing costs no database read. Only
+an event this process has heard nothing of since its subscription came up is read from
+PostgreSQL, in the threadpool, once for every socket asking at the same time. Each socket then
+gets only messages ordered after its snapshot (``Client.floor``): never the same version twice,
+never an older one. Messages for an event that arrive while its snapshot is being read are
+held (``Client.held``) and only those newer than the snapshot follow it. A resync reads every
+followed event again for every client at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from api.realtime.coalesce import Key
 from api.realtime.connections import CLOSE_TRY_AGAIN, Client, ConnectionManager, error
 from common.db import session_scope
 from common.events import service as events_service
@@ -37,6 +43,37 @@ def _stamped(snapshot: dict[str, Any]) -> dict[str, Any]:
     return {**snapshot, "timestamp": now_iso()}
 
 
+def _key(snapshot: dict[str, Any]) -> Key:
+    return snapshot["version"], -1  # a database snapshot carries no line
+
+
+_reads: dict[tuple[int, int], asyncio.Future[dict[str, Any] | None]] = {}
+
+
+async def _read_one(manager: ConnectionManager, event_id: int) -> dict[str, Any] | None:
+    """One database read per event however many sockets ask at once (a reconnect storm on an
+    event nobody here has heard of yet); remembered as the event's state."""
+    slot = (id(manager), event_id)
+    pending = _reads.get(slot)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+    _reads[slot] = future
+    try:
+        snapshot = (await read_snapshots(manager, [event_id])).get(event_id)
+        if snapshot is not None:
+            now = asyncio.get_running_loop().time()
+            manager.coalescer.read(event_id, _key(snapshot), snapshot, now)
+        future.set_result(snapshot)
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # read here, so an unawaited one is not reported
+        raise
+    finally:
+        del _reads[slot]
+    return snapshot
+
+
 async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -> None:
     settings = manager.settings
     if event_id not in client.events:
@@ -52,26 +89,38 @@ async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -
             return
         client.events.add(event_id)
         manager.by_event[event_id].add(client)
+    now = asyncio.get_running_loop().time()
+    known = manager.coalescer.snapshot(event_id, now, settings.SEAT_SNAPSHOT_MAX_AGE)
+    if known is not None:
+        # No await from here to the offer: every message after this one is newer.
+        key, snapshot = known
+        client.held.pop(event_id, None)
+        client.floor[event_id] = key
+        manager.offer(client, encode("subscribed", _stamped(snapshot)))
+        return
     # Subscribed before the snapshot is read, so nothing published in between is missed.
     client.held.setdefault(event_id, [])
-    snapshots = await read_snapshots(manager, [event_id])
-    held = client.held.pop(event_id, [])
+    try:
+        read = await _read_one(manager, event_id)
+    finally:
+        held = client.held.pop(event_id, [])
     if event_id not in client.events:  # deleted meanwhile; event_deleted is already queued
         return
-    snapshot = snapshots.get(event_id)
-    if snapshot is None:
+    if read is None:
         manager.forget(client, event_id)
         manager.offer(client, error("EVENT_NOT_FOUND", "Event not found", eventId=event_id))
         return
-    if manager.offer(client, encode("subscribed", _stamped(snapshot))):
-        _release(manager, client, held, snapshot["version"])
+    key = _key(read)
+    client.floor[event_id] = key
+    if manager.offer(client, encode("subscribed", _stamped(read))):
+        _release(manager, client, held, key)
 
 
 def _release(
-    manager: ConnectionManager, client: Client, held: list[tuple[int | None, str]], version: int
+    manager: ConnectionManager, client: Client, held: list[tuple[Key | None, str]], floor: Key
 ) -> None:
-    for held_version, text in held:
-        if held_version is None or held_version > version:
+    for held_key, text in held:
+        if held_key is None or held_key > floor:
             if not manager.offer(client, text):
                 return
 
@@ -102,7 +151,7 @@ async def resync(manager: ConnectionManager) -> None:
         if client.id not in manager.clients:
             continue
         fresh: list[dict[str, Any]] = []
-        releases: list[tuple[list[tuple[int | None, str]], int]] = []
+        releases: list[tuple[list[tuple[Key | None, str]], Key]] = []
         for event_id in sorted(client.events):
             held = client.held.pop(event_id, [])
             snapshot = snapshots.get(event_id)
@@ -112,7 +161,10 @@ async def resync(manager: ConnectionManager) -> None:
                 manager.offer(client, encode("event_deleted", deleted))
                 continue
             fresh.append(snapshot)
-            releases.append((held, snapshot["version"]))
+            now = asyncio.get_running_loop().time()
+            manager.coalescer.read(event_id, _key(snapshot), snapshot, now)
+            client.floor[event_id] = max(client.floor.get(event_id, _key(snapshot)), _key(snapshot))
+            releases.append((held, _key(snapshot)))
         if manager.offer(client, encode("resync", {"events": fresh, "timestamp": now_iso()})):
             for held, version in releases:
                 _release(manager, client, held, version)

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common.bookings.models import IN_LINE, Booking
 from common.errors import EmailTaken, InvalidCredentials, InvalidToken
 from common.security import verify_password
 from common.users.models import User
@@ -44,6 +45,19 @@ def check_password(user: User | None, password: str, *, bcrypt_rounds: int) -> U
     if not verify_password(password, hashed, rounds=bcrypt_rounds) or user is None:
         raise InvalidCredentials()
     return user
+
+
+def waits_in_line(session: Session, user_id: int) -> bool | None:
+    """None if the user is gone; else whether they have a request in a line (pending or
+    waitlisted): one query that tells a WebSocket both whether to let them in and whether
+    their places in line need reading."""
+    waiting = (
+        select(Booking.booking_id)
+        .where(Booking.user_id == User.id, Booking.status.in_(IN_LINE))
+        .exists()
+    )
+    row = session.execute(select(waiting).where(User.id == user_id)).first()
+    return None if row is None else bool(row[0])
 
 
 def get_active(session: Session, user_id: int) -> User:

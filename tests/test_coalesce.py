@@ -1,0 +1,104 @@
+"""Seat messages coalesced per event (api/realtime/coalesce.py), against a model: whatever the
+order and timing of the workers' messages, watchers see versions only rise, at most one seat
+message per interval (per line interval when only the line moved), none held past its
+interval, and always the newest state last.
+
+Pure: no services; time is a number the test moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api.realtime.coalesce import SEAT_TYPES, Coalescer, Key
+
+INTERVAL = 0.1
+LINE_INTERVAL = 0.5
+
+message = st.tuples(
+    st.integers(0, 30),  # version
+    st.integers(0, 5),  # requests that left the line
+    st.sampled_from(sorted(SEAT_TYPES) + ["event_updated"]),
+    st.floats(0, 0.25),  # time since the previous message
+)
+
+
+def seat(version: int, departed: int, kind: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "data": {
+            "eventId": 1,
+            "availableSeats": 100 - version,
+            "seatCapacity": 100,
+            "version": version,
+            "confirmed": 1,
+            "line": {"through": departed, "gone": [], "waiting": 0, "waitlisted": 0},
+        },
+    }
+
+
+def replay(messages: list[tuple[int, int, str, float]]) -> tuple[list[tuple[float, Key]], float]:
+    """Feed the messages in order, running every flush when it falls due; (time, key) emitted."""
+    now = 0.0
+    emitted: list[tuple[float, Key]] = []
+    due: list[float] = []
+    coalescer = Coalescer(INTERVAL, lambda _e, key, _m: emitted.append((now, key)), LINE_INTERVAL)
+
+    def run_until(t: float) -> None:
+        nonlocal now
+        while due and min(due) <= t:
+            now = min(due)
+            due.remove(now)
+            again = coalescer.flush(1, now)
+            if again is not None:
+                due.append(again)
+        now = t
+
+    for version, departed, kind, gap in messages:
+        run_until(now + gap)
+        flush_at = coalescer.offer(1, seat(version, departed, kind), now)
+        if flush_at is not None:
+            due.append(flush_at)
+    run_until(now + 10 * LINE_INTERVAL)
+    return emitted, now
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(message, min_size=1, max_size=40))
+def test_watchers_see_versions_rise_and_always_the_newest_state_last(messages):
+    emitted, _ = replay(messages)
+    keys = [k for _, k in emitted]
+    assert keys == sorted(set(keys)), "a key went back or repeated"
+    newest = max((v, d) for v, d, _, _ in messages)
+    assert keys and keys[-1] == newest, "coalescing hid the last state"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(message.filter(lambda m: m[2] in SEAT_TYPES), min_size=1, max_size=40))
+def test_seat_messages_go_at_most_once_an_interval_and_wait_at_most_one(messages):
+    emitted, _ = replay(messages)
+    for (earlier, before), (later, after) in zip(emitted, emitted[1:], strict=False):
+        # Seats moved: one interval apart at least; only the line moved: one line interval.
+        gap = INTERVAL if after[0] != before[0] else LINE_INTERVAL
+        assert later - earlier >= gap - 1e-9
+    # Each message offered is covered (itself, or one as new, sent) within one interval if it
+    # moves the seats past all before it, else within one line interval.
+    now, highest = 0.0, -1
+    for version, departed, _, gap in messages:
+        now += gap
+        wait = INTERVAL if version > highest else LINE_INTERVAL
+        highest = max(highest, version)
+        assert any(k >= (version, departed) and t <= now + wait + 1e-9 for t, k in emitted)
+
+
+def test_the_snapshot_is_the_newest_state_heard_even_while_it_waits():
+    coalescer = Coalescer(INTERVAL, lambda *_: None)
+    coalescer.offer(1, seat(3, 0, "booking_created"), 0.0)
+    coalescer.offer(1, seat(5, 0, "booking_created"), 0.01)  # waits for the interval
+    coalescer.offer(1, seat(4, 0, "booking_created"), 0.02)  # out of order: older
+    key, snapshot = coalescer.snapshot(1, 0.03, 1.0) or ((0, 0), {})
+    assert key == (5, 0)
+    assert snapshot["availableSeats"] == 95 and snapshot["seatCapacity"] == 100
