@@ -25,7 +25,7 @@ from api.realtime.connections import ConnectionManager
 from api.realtime.fanout import dispatch
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
-from api.routes import auth, bookings, events, health, ws
+from api.routes import auth, bookings, dashboard, events, health, pages, ws
 from common.bookings.signals import signal_event
 from common.db import bound_waits, build_engine, build_sessionmaker
 from common.redis_client import build_async_redis, build_redis, build_signal_redis
@@ -118,7 +118,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for router in (health.router, auth.router, events.router, bookings.router, metrics.router):
+    for router in (
+        health.router,
+        auth.router,
+        events.router,
+        bookings.router,
+        dashboard.router,
+        metrics.router,
+        pages.router,
+    ):
         app.include_router(router)
     app.include_router(ws.router)
     if settings.ENABLE_SYNC_BASELINE:
