@@ -6,7 +6,7 @@
 const PAGE_SIZE = 10;
 const RATE_WINDOW = 5000;       // ms over which requests and decisions per second are averaged
 const RATE_POINTS = 300;        // five minutes of the rates chart, one point a second
-const RECENT_ROWS = 20;
+const RECENT_ROWS = 10;
 
 const state = { q: "", offset: 0, total: 0, focusId: null, events: new Map(), rows: new Map(),
                 subscribed: new Set(), socket: null, sales: [[], []], rates: [[], [], []],
@@ -261,7 +261,8 @@ function drawCharts() {
     series: [{}, { label: "Seats sold", stroke: "#1a5fb4", fill: "rgba(26,95,180,.12)", width: 2,
                    paths: uPlot.paths.stepped({ align: 1 }) }],
     axes: [{}, { label: "seats" }],
-    scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+    scales: { x: { time: true, range: (u, min, max) => (max - min < 10 ? [max - 10, max + 1] : [min, max]) },
+              y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
   }, [[], []], salesEl);
   publishChart(state.salesChart, state.sales, salesEl);
   state.ratesChart = new uPlot({
@@ -269,7 +270,9 @@ function drawCharts() {
     series: [{}, { label: "Requests / s", stroke: "#c64600", width: 2 },
                  { label: "Decisions / s", stroke: "#137333", width: 2 }],
     axes: [{}, { label: "per second" }],
-    scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+    // The last two minutes, whatever the points so far: one point alone is not a range.
+    scales: { x: { time: true, range: (u, min, max) => [(max ?? Date.now() / 1000) - 120, max ?? Date.now() / 1000] },
+              y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
   }, state.rates, ratesEl);
 }
 
