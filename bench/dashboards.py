@@ -17,12 +17,14 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter, cpu_seconds
 from bench.flash_sale import mint_tokens, summarise
 from bench.load import run_clients
 from bench.stack import (
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--wait", type=int, default=30, help="Prefer: wait=N seconds")
     add("--warmup", type=int, default=1000, help="unmeasured requests first")
     add("--api-workers", type=int, default=2)
+    add("--watcher-nice", type=int, default=0, help="run the dashboards' process under nice N")
     add_target_args(parser)
     add("--out", type=Path, default=ROOT / "bench" / "results")
     return parser.parse_args(argv)
@@ -99,8 +102,11 @@ async def _dashboard(
                     tally["lastSeats"] = data["availableSeats"]
 
 
-def watch(url: str, ws_url: str, tokens: list[str], event_id: int, stop: Any, out: Any) -> None:
+def watch(
+    url: str, ws_url: str, tokens: list[str], event_id: int, stop: Any, out: Any, nice: int
+) -> None:
     """The dashboards' process: all of them open at once, read until ``stop``."""
+    os.nice(nice)
     tally: dict[str, Any] = {"open": 0, "snapshots": 0, "messages": 0, "closed": 0}
 
     async def ready() -> None:
@@ -127,28 +133,36 @@ async def one_sale(
     watcher = None
     if admins:
         watcher = context.Process(
-            target=watch, args=(stack.url, stack.ws_url, admins, event_id, stop, out)
+            target=watch,
+            args=(stack.url, stack.ws_url, admins, event_id, stop, out, args.watcher_nice),
         )
         watcher.start()
         # Measured: a sale with the dashboards open, not the dashboards' process starting.
         assert out.get(timeout=120) == "ready"
         time.sleep(1)
+    watcher_cpu = cpu_seconds(watcher.pid) if watcher and watcher.pid else None
     started = time.time()
-    outcomes = await run_clients(
-        stack.url,
-        buyers,
-        event_id,
-        requests=args.requests,
-        clients=args.clients,
-        wait=args.wait,
-        sync=False,
-        progress=_quiet(),
-    )
+    with CpuMeter(stack, data, args.database_url) as cpu:
+        outcomes = await run_clients(
+            stack.url,
+            buyers,
+            event_id,
+            requests=args.requests,
+            clients=args.clients,
+            wait=args.wait,
+            sync=False,
+            progress=_quiet(),
+        )
+    spent = cpu.seconds
+    if watcher is not None and watcher.pid and watcher_cpu is not None:
+        # What the dashboards' own reading cost during the sale: client CPU, not the server's.
+        spent["dashboards"] = round((cpu_seconds(watcher.pid) or 0) - watcher_cpu, 3)
     state = data.event_state(event_id)
     result = summarise(
         "queued", outcomes, started, state, list(data.created_times(event_id).values())
     )
     result.pop("timeline")
+    result["cpuSeconds"] = spent
     if watcher is not None:
         time.sleep(1)  # the last seat message reaches the dashboards
         stop.set()
@@ -237,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {run['latencyMs'].get('p50')} ms, oversell {run['oversell']}, lost {run['lost']}"
             + (f", dashboards: {dash}" if dash else "")
         )
+        print(f"          CPU seconds: {run['cpuSeconds']}")
     print(f"with/without per pair: {summary['withOverWithoutPerPair']}")
     print(f"with/without overall: {summary['withOverWithout']}")
     print(f"json: {summary['file']}")
