@@ -28,11 +28,13 @@ async function api(path, options = {}) {
   return body.data;
 }
 
-// The wait before reconnect attempt n (0, 1, 2, ...): exponential, capped at 30 s, with full
-// jitter, so that the pages a restarted server dropped at once do not all come back at once.
-function backoff(attempt) {
-  const ceiling = Math.min(30000, 1000 * 2 ** attempt);
-  return ceiling / 2 + Math.random() * ceiling / 2;
+// The wait before reconnect attempt n (0, 1, 2, ...), the rule of docs/websockets.md: full
+// jitter over min(30 s, 1 s x 2^n), so the pages a server dropped at once come back spread out.
+// A 1001 close says how long to spread over ("... reconnect within 2000 ms").
+function backoff(attempt, closeEvent) {
+  const within = closeEvent && closeEvent.code === 1001 && /within (\d+) ?ms/.exec(closeEvent.reason || "");
+  const ceiling = within ? Number(within[1]) : Math.min(30000, 1000 * 2 ** attempt);
+  return Math.random() * ceiling;
 }
 
 // One socket: authenticates with its first message (the token stays out of URLs and logs),
@@ -65,7 +67,7 @@ class LiveSocket {
       if (this.ws !== ws || this.stopped) return;
       this.onState("offline");
       if (e.code === 1008) { this.onExpired(); return; }
-      const delay = backoff(this.attempt++);
+      const delay = backoff(this.attempt++, e);
       this.onState("reconnecting");
       setTimeout(() => this.connect(), delay);
     };
