@@ -27,7 +27,7 @@ from api.realtime.fanout import dispatch, install
 from api.realtime.frames import RawSend
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
-from api.routes import auth, bookings, events, health, webhooks, ws
+from api.routes import auth, bookings, dashboard, events, health, pages, webhooks, ws
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeWriter
 from common.bookings.signals import signal_event
@@ -157,7 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.router,
         bookings.router,
         webhooks.router,
+        dashboard.router,
         metrics.router,
+        pages.router,
     ):
         app.include_router(router)
     app.include_router(ws.router)
