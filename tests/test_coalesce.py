@@ -72,7 +72,7 @@ def test_watchers_see_versions_rise_and_always_the_newest_state_last(messages):
     emitted, _ = replay(messages)
     keys = [k for _, k in emitted]
     assert keys == sorted(set(keys)), "a key went back or repeated"
-    newest = max((v, d) for v, d, _, _ in messages)
+    newest = max((v, d, "") for v, d, _, _ in messages)
     assert keys and keys[-1] == newest, "coalescing hid the last state"
 
 
@@ -91,7 +91,7 @@ def test_seat_messages_go_at_most_once_an_interval_and_wait_at_most_one(messages
         now += gap
         wait = INTERVAL if version > highest else LINE_INTERVAL
         highest = max(highest, version)
-        assert any(k >= (version, departed) and t <= now + wait + 1e-9 for t, k in emitted)
+        assert any(k >= (version, departed, "") and t <= now + wait + 1e-9 for t, k in emitted)
 
 
 def test_the_snapshot_is_the_newest_state_heard_even_while_it_waits():
@@ -99,6 +99,26 @@ def test_the_snapshot_is_the_newest_state_heard_even_while_it_waits():
     coalescer.offer(1, seat(3, 0, "booking_created"), 0.0)
     coalescer.offer(1, seat(5, 0, "booking_created"), 0.01)  # waits for the interval
     coalescer.offer(1, seat(4, 0, "booking_created"), 0.02)  # out of order: older
-    key, snapshot = coalescer.snapshot(1, 0.03, 1.0) or ((0, 0), {})
-    assert key == (5, 0)
+    key, snapshot = coalescer.snapshot(1, 0.03, 1.0) or ((0, 0, ""), {})
+    assert key == (5, 0, "")
     assert snapshot["availableSeats"] == 95 and snapshot["seatCapacity"] == 100
+
+
+def test_a_batch_that_only_waitlists_is_not_dropped_as_a_repeat():
+    """Joining a waitlist moves neither the seats (version) nor the line's departures: the
+    waitlist's length is still news, ordered by the worker's timestamp."""
+    sent: list[dict[str, Any]] = []
+    coalescer = Coalescer(INTERVAL, lambda _e, _k, message: sent.append(message), LINE_INTERVAL)
+    for n, stamp in (
+        (1, "2026-12-05T18:00:00.100000+00:00"),
+        (2, "2026-12-05T18:00:00.200000+00:00"),
+    ):
+        message = seat(7, 3, "line_update")
+        message["data"]["line"]["waitlisted"] = n
+        message["data"]["timestamp"] = stamp
+        flush_at = coalescer.offer(1, message, n * 2 * LINE_INTERVAL)
+        if flush_at is not None:
+            coalescer.flush(1, flush_at)
+    assert [m["data"]["line"]["waitlisted"] for m in sent] == [1, 2]
+    _, snapshot = coalescer.snapshot(1, 4 * LINE_INTERVAL, 10.0) or ((), {})
+    assert snapshot["line"]["waitlisted"] == 2

@@ -12,7 +12,12 @@ the counter does not move, and a sold-out sale's rejections would otherwise cost
 ten messages a second. A seat change arriving meanwhile goes out within the shorter interval.
 
 Messages of one event are ordered by ``order_key``: the version, then how far the line has
-moved (a ``line_update`` may carry a version already known; its line is still news). Anything
+moved (a ``line_update`` may carry a version already known; its line is still news), then the
+worker's timestamp (a batch that only waitlists requests moves neither, but changes the
+waitlist's length; an event's batches commit one after another under its lock, so their
+timestamps, taken after each commit, follow that order unless a worker stalls between its commit
+and its publish longer than the next batch takes: then a waitlist count shows one batch late
+until the next message). Anything
 not newer than what was already sent or is waiting is dropped here, so two workers' messages
 delivered out of order never make the count go back.
 
@@ -35,16 +40,23 @@ SEAT_TYPES = frozenset({"booking_created", "booking_cancelled", "seat_update", "
 COUNTS = ("confirmed", "cancelled", "rejected", "waitlisted", "promoted")
 SNAPSHOT_FIELDS = ("eventId", "availableSeats", "seatCapacity", "version")
 
-Key = tuple[int, int]
+Key = tuple[int, int, str]
+NO_KEY: Key = (-1, -1, "")
 
 
 def order_key(data: dict[str, Any]) -> Key | None:
-    """(version, requests that left the line); None for a message without a version."""
+    """(version, requests that left the line, the worker's timestamp); None for a message
+    without a version."""
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         return None
     cursor = parse_cursor(data.get("line"))
-    return version, (departed(cursor) if cursor is not None else -1)
+    stamp = data.get("timestamp")
+    return (
+        version,
+        departed(cursor) if cursor is not None else -1,
+        stamp if isinstance(stamp, str) else "",
+    )
 
 
 def _kind(counts: dict[str, int]) -> str:
@@ -61,7 +73,7 @@ class _Event:
     sent: Key  # the key of the last message emitted
     sent_at: float  # when it was emitted
     pending: dict[str, Any] | None = None  # the newest message waiting for the interval's end
-    pending_key: Key = (-1, -1)
+    pending_key: Key = NO_KEY
     merged: dict[str, int] | None = None  # batch counts of every message the pending one covers
     batches: int = 0
     due: float | None = None  # when the waiting message goes out
@@ -135,7 +147,7 @@ class Coalescer:
         self.remember(event_id, key, state, now)
         event = self._events.get(event_id)
         if event is None:
-            event = self._events[event_id] = _Event(sent=(-1, -1), sent_at=float("-inf"))
+            event = self._events[event_id] = _Event(sent=NO_KEY, sent_at=float("-inf"))
         if key <= event.sent or key <= event.pending_key:
             return None  # older than, or the same as, what went out or waits
         if message.get("type") not in SEAT_TYPES:
@@ -183,7 +195,7 @@ class Coalescer:
             event.merged,
             event.batches,
         )
-        event.pending, event.pending_key, event.merged, event.batches = None, (-1, -1), None, 0
+        event.pending, event.pending_key, event.merged, event.batches = None, NO_KEY, None, 0
         event.due = None
         if message is None or key <= event.sent:
             return

@@ -44,7 +44,7 @@ def _stamped(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key(snapshot: dict[str, Any]) -> Key:
-    return snapshot["version"], -1  # a database snapshot carries no line
+    return snapshot["version"], -1, ""  # a database snapshot carries no line
 
 
 _reads: dict[tuple[int, int], asyncio.Future[dict[str, Any] | None]] = {}
