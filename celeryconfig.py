@@ -19,6 +19,7 @@ from common.tasks import (
     PROCESS_EVENT,
     SWEEP,
     SWEEP_WEBHOOKS,
+    WARN_HOLDS,
     WEBHOOKS_QUEUE,
 )
 
@@ -49,6 +50,7 @@ task_queues = (Queue(BOOKINGS_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(WEBHOOKS_Q
 task_routes = {
     PROCESS_EVENT: {"queue": BOOKINGS_QUEUE},
     SWEEP: {"queue": MAINTENANCE_QUEUE},
+    WARN_HOLDS: {"queue": BOOKINGS_QUEUE},
     DELIVER_WEBHOOKS: {"queue": WEBHOOKS_QUEUE},
     SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE},
 }

@@ -25,7 +25,7 @@ from api.realtime.connections import ConnectionManager
 from api.realtime.fanout import dispatch
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
-from api.routes import auth, bookings, events, health, webhooks, ws
+from api.routes import auth, bookings, events, health, payments, webhooks, ws
 from common.bookings.signals import signal_event
 from common.db import bound_waits, build_engine, build_sessionmaker
 from common.redis_client import build_async_redis, build_redis, build_signal_redis
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.router,
         bookings.router,
         webhooks.router,
+        payments.router,
         metrics.router,
     ):
         app.include_router(router)
