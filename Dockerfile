@@ -31,7 +31,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     APP_ENV=production \
-    FORWARDED_ALLOW_IPS=""
+    FORWARDED_ALLOW_IPS="" \
+    WS_MAX_SIZE=65536
 RUN groupadd --system --gid 10001 ebs \
     && useradd --system --uid 10001 --gid ebs --home-dir /app --shell /usr/sbin/nologin ebs
 COPY --from=build /opt/venv /opt/venv
@@ -40,4 +41,5 @@ WORKDIR /app
 USER 10001:10001
 # The API's port (the original image exposed 3000 while the server listened elsewhere).
 EXPOSE 8000
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30", "--http", "api.protocol:HttpProtocol"]
+# WS_MAX_SIZE is a setting uvicorn enforces: the shell passes it on (exec: uvicorn stays PID 1).
+CMD ["sh", "-c", "exec uvicorn api.main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 30 --http api.protocol:HttpProtocol --ws-max-size \"$WS_MAX_SIZE\""]

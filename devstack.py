@@ -41,6 +41,14 @@ BIN = Path(sys.executable).parent
 HTTP_PROTOCOL = "api.protocol:HttpProtocol"
 
 
+def ws_max_size(env: dict[str, str]) -> str:
+    """``WS_MAX_SIZE`` as an API started with ``env`` reads it: uvicorn, not the app, enforces
+    it, so the command line must carry it."""
+    from common.settings import Settings
+
+    return env.get("WS_MAX_SIZE") or str(Settings.model_fields["WS_MAX_SIZE"].default)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -230,17 +238,20 @@ class ApiProcess(ManagedProcess):
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
-    def start(self) -> Self:
-        import httpx
-
+    def argv(self) -> list[str]:
         argv = [str(BIN / "uvicorn"), "api.main:app", "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning",
-                "--http", HTTP_PROTOCOL]  # fmt: skip
+                "--http", HTTP_PROTOCOL, "--ws-max-size", ws_max_size(self.env)]  # fmt: skip
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
         if not self.access_log:
             argv.append("--no-access-log")
-        self.spawn(argv, self.env)
+        return argv
+
+    def start(self) -> Self:
+        import httpx
+
+        self.spawn(self.argv(), self.env)
 
         def up() -> bool:
             try:

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="seconds intake waits for Redis to take a signal"
     )
     MAX_WAIT: int = 30
+    BOOKING_DEADLINE: float = Field(
+        default=10.0, gt=0, description="seconds a booking POST takes at most, besides its wait"
+    )
     MAX_PENDING_PER_USER: int = Field(
         default=20, ge=1, description="undecided booking requests one user may have; then 429"
     )
@@ -134,6 +137,14 @@ class Settings(BaseSettings):
     )
     WS_SEND_TIMEOUT: float = Field(
         default=10.0, gt=0, description="a WebSocket that takes no frame for this long is dropped"
+    )
+    # Enforced by uvicorn, not the app: every uvicorn command line passes it as --ws-max-size
+    # (scripts/run.sh, Dockerfile, docker-compose.yml, devstack.py). At least 4 bytes for each
+    # of a command's 4,096 characters, so the app's own MESSAGE_TOO_LARGE answer stays reachable.
+    WS_MAX_SIZE: int = Field(
+        default=65_536,
+        ge=16_384,
+        description="bytes of the largest WebSocket message from a client",
     )
     HEALTH_TIMEOUT: float = Field(
         default=2.0, gt=0, description="seconds /health waits for each service to answer"

@@ -12,10 +12,12 @@ When the cache is full (``TOKEN_CACHE_SIZE``) the oldest entries are dropped fir
 
 A token that is not cached yet is checked by ``_verify_plain`` when it has exactly the shape this
 service issues (the header ``create_access_token`` writes, only the claims it writes, integer
-times, a numeric subject): the HMAC and the claims checked by hand, about a tenth of PyJWT's
-cost, whose per-character base64 checks dominated a refusal's CPU. Anything else, and every
-token that fails there, is judged by PyJWT (``read_access_token``), so this path can only
-accept what PyJWT accepts and every refusal comes from PyJWT.
+times, a numeric subject, the signature in its one canonical spelling): the HMAC and the claims
+checked by hand, about a tenth of PyJWT's cost, whose per-character base64 checks dominated a
+refusal's CPU. The claims are judged by the same policy as PyJWT's (``common.security.CLAIMS``).
+Anything else, and every token that fails there, is judged by PyJWT (``read_access_token``), so
+this path can only accept what PyJWT accepts and every refusal comes from PyJWT;
+``tests/test_tokens.py`` feeds both the same mutated tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from common.security import ALGORITHM, read_access_token
+from common.security import ALGORITHM, CLAIMS, read_access_token
 from common.settings import Settings
 
 # The header segment of every token create_access_token signs (PyJWT writes it this way).
@@ -42,10 +44,12 @@ PLAIN_HEADER = (
 )
 PLAIN_CLAIMS = {"sub", "role", "iat", "nbf", "exp"}
 SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# A SHA-256 digest is 43 characters, the last carrying 2 bits: the ones whose other 4 are 0.
+SIGNATURE_ENDS = frozenset("AEIMQUYcgkosw048")
 
 
 def _verify_plain(token: str, key: bytes) -> tuple[int, float] | None:
-    """(user id, exp) of a valid token of our own plain shape; None: ask PyJWT."""
+    """(user id, valid until) of a valid token of our own plain shape; None: ask PyJWT."""
     header, _, rest = token.partition(".")
     payload, _, signature = rest.partition(".")
     if header != PLAIN_HEADER or not SEGMENT.fullmatch(payload) or not SEGMENT.fullmatch(signature):
@@ -53,31 +57,32 @@ def _verify_plain(token: str, key: bytes) -> tuple[int, float] | None:
     try:
         given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
         expected = hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(given, expected):
+        # The last character's unused bits are not part of the digest: only the spelling
+        # PyJWT accepts (those bits 0) passes, so a token has one spelling on either path.
+        if not hmac.compare_digest(given, expected) or signature[-1] not in SIGNATURE_ENDS:
             return None
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except ValueError:
         return None
     if type(claims) is not dict or not claims.keys() <= PLAIN_CLAIMS:
         return None
-    sub, exp, iat, nbf = (
-        claims.get("sub"),
-        claims.get("exp"),
-        claims.get("iat"),
-        claims.get("nbf", 0),
-    )
-    now = time.time()
+    exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
+    if None in map(claims.get, CLAIMS.required):
+        return None
+    user_id, until = CLAIMS.user_id(claims.get("sub")), CLAIMS.valid_until(exp)
+    now, leeway = time.time(), CLAIMS.leeway
     if (
-        type(sub) is not str
-        or not (sub.isascii() and sub.isdigit())
+        user_id is None
+        or until is None
         or type(exp) is not int
         or type(iat) is not int
         or type(nbf) is not int
-        or not exp > now >= iat >= 0
-        or nbf > now
+        or not until > now
+        or not now + leeway >= iat >= 0
+        or nbf > now + leeway
     ):
         return None
-    return int(sub), float(exp)
+    return user_id, until
 
 
 class TokenCache:
@@ -85,7 +90,7 @@ class TokenCache:
         self.settings = settings
         self.size = settings.TOKEN_CACHE_SIZE
         self.ttl = settings.TOKEN_CACHE_TTL
-        # token -> (user id, monotonic deadline, wall-clock exp)
+        # token -> (user id, monotonic deadline, wall-clock end of validity: exp and leeway)
         self._entries: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
         self._lock = threading.Lock()  # the WebSocket manager verifies from threads too
         self._key = settings.JWT_SECRET.get_secret_value().encode()
@@ -94,19 +99,19 @@ class TokenCache:
         """The user id a valid token names; InvalidToken for anything else (expired included)."""
         entry = self._entries.get(token)
         if entry is not None:
-            user_id, until, exp = entry
-            if time.monotonic() < until and time.time() < exp:
+            user_id, until, valid_until = entry
+            if time.monotonic() < until and time.time() < valid_until:
                 return user_id
             with self._lock:
                 self._entries.pop(token, None)
         plain = _verify_plain(token, self._key)
         if plain is None:
-            user_id, expires_at = read_access_token(token, self.settings)
-            plain = user_id, expires_at.timestamp()
-        user_id, exp = plain
+            user_id, deadline = read_access_token(token, self.settings)
+            plain = user_id, deadline.timestamp()
+        user_id, valid_until = plain
         if self.size and self.ttl:
             with self._lock:
-                self._entries[token] = (user_id, time.monotonic() + self.ttl, exp)
+                self._entries[token] = (user_id, time.monotonic() + self.ttl, valid_until)
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
         return user_id

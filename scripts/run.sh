@@ -34,7 +34,7 @@ user = s.FLOWER_USER or ("" if s.APP_ENV == "production" else "flower")
 password = s.FLOWER_PASSWORD.get_secret_value() if s.FLOWER_PASSWORD else (
     "" if s.APP_ENV == "production" else "flower")
 print(f"PORT={s.PORT} APP_ENV={s.APP_ENV} LOG_LEVEL={shlex.quote(s.LOG_LEVEL.lower())}")
-print(f"FORWARDED_ALLOW_IPS={shlex.quote(s.FORWARDED_ALLOW_IPS)}")
+print(f"FORWARDED_ALLOW_IPS={shlex.quote(s.FORWARDED_ALLOW_IPS)} WS_MAX_SIZE={s.WS_MAX_SIZE}")
 print(f"FLOWER_AUTH={shlex.quote(f'{user}:{password}' if user and password else '')}")
 import os
 cores = os.cpu_count() or 1
@@ -65,7 +65,7 @@ echo "  $(nproc) cores: $API_WORKERS API processes, worker concurrency $WORKER_C
 # uvicorn reads FORWARDED_ALLOW_IPS itself; unset, it would trust X-Forwarded-For from loopback.
 export FORWARDED_ALLOW_IPS
 "$BIN/uvicorn" api.main:app --host 127.0.0.1 --port "$PORT" --log-level "$LOG_LEVEL" \
-  --workers "$API_WORKERS" --http api.protocol:HttpProtocol &
+  --workers "$API_WORKERS" --http api.protocol:HttpProtocol --ws-max-size "$WS_MAX_SIZE" &
 pids+=($!)
 # Restart a process that exits on its own: Celery's worker stops for good when Redis drops while
 # it holds unacknowledged tasks (a kombu bug). Nothing is lost meanwhile (requests are in

@@ -127,3 +127,45 @@ def test_production_refuses_default_or_short_secret():
     with pytest.raises(ValidationError, match="BCRYPT_ROUNDS"):
         Settings(APP_ENV="production", JWT_SECRET="x" * 32, BCRYPT_ROUNDS=4)
     assert Settings(APP_ENV="production", JWT_SECRET="x" * 32, BCRYPT_ROUNDS=12)
+
+
+@pytest.mark.parametrize(
+    "claims", [{"sub": str(2**31)}, {"sub": "9" * 5000}, {"exp": 253_402_300_800}]
+)
+def test_a_signed_token_outside_the_claim_policy_is_a_401_on_every_path(
+    client, engine, settings, make_user, make_event, claims
+):
+    """Signed with our key, but naming a user id no user can have, or expiring after year
+    9999: a 401, on the lean path and the full stack alike, and a 1008 on the WebSocket."""
+    import time
+
+    import jwt
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from api.app import create_app
+
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": str(make_user().id), "role": "user", "iat": now, "nbf": now, "exp": now + 600}
+        | claims,
+        settings.JWT_SECRET.get_secret_value(),
+        algorithm="HS256",
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    event = make_event()
+    with TestClient(create_app(settings.model_copy(update={"LEAN_PATH": False}))) as full:
+        for app in (client, full):
+            for response in (
+                app.post("/api/bookings", json={"eventId": event.id}, headers=headers),
+                app.get("/api/bookings/bk_unknown", headers=headers),
+                app.get("/api/auth/me", headers=headers),
+            ):
+                assert response.status_code == 401, response.text
+                assert response.json()["error"]["code"] == "INVALID_TOKEN"
+    with (
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect(f"/ws?token={token}") as ws,
+    ):
+        ws.receive_json()
+    assert closed.value.code == 1008

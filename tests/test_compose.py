@@ -10,6 +10,7 @@ the images build and the containers start was not run (docs/SETUP.md).
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 import tomllib
@@ -51,14 +52,42 @@ def interpolate(value: str, given: dict[str, str]) -> str:
     return INTERPOLATION.sub(replace, value.replace("$$", "\0")).replace("\0", "$")
 
 
-def argv(service: dict[str, Any]) -> list[str]:
-    """The program's argv, looking through ``sh -c 'exec ...'`` wrappers."""
+def argv(service: dict[str, Any], image_env: dict[str, str] | None = None) -> list[str]:
+    """The program's argv, looking through ``sh -c 'exec ...'`` wrappers, whose ``$VAR`` are
+    read from the service's environment over the image's (``image_env``: the Dockerfile's)."""
     command = service["command"]
     command = shlex.split(command) if isinstance(command, str) else list(command)
     if command[:2] == ["sh", "-c"]:
-        script = command[2].replace("$$", "$")
+        env = dict(image_env if image_env is not None else dockerfile_env())
+        given = dict.fromkeys(SECRETS, "x" * 40) | {"FLOWER_USER": "ops"}
+        for name, value in service.get("environment", {}).items():
+            env[name] = interpolate(str(value), given)
+        script = re.sub(
+            r"\$\{?([A-Z_][A-Z0-9_]*)\}?",
+            lambda m: env.get(m.group(1), m.group(0)),
+            command[2].replace("$$", "$"),
+        )
         command = shlex.split(script.split("exec ", 1)[1])
     return command
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ``ENV`` values (``NAME=value`` form)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    runtime = text[text.rindex("\nFROM ") :]
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.*)$", runtime, re.M):
+        for word in shlex.split(line):
+            name, _, value = word.partition("=")
+            env[name] = value
+    return env
+
+
+def dockerfile_cmd() -> dict[str, Any]:
+    """The Dockerfile's ``CMD``, as a service's ``command``."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    cmd = next(line for line in reversed(lines) if line.startswith("CMD "))
+    return {"command": json.loads(cmd.removeprefix("CMD "))}
 
 
 def listen_port(args: list[str]) -> int | None:
@@ -265,8 +294,11 @@ def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists():
         if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), line
-    cmd = next(line for line in reversed(final) if line.startswith("CMD "))
-    assert "api.main:app" in cmd and '"8000"' in cmd
+    cmd = argv(dockerfile_cmd())
+    assert cmd[:2] == ["uvicorn", "api.main:app"] and listen_port(cmd) == 8000
+    from uvicorn.main import main as uvicorn_cli
+
+    uvicorn_cli.make_context("uvicorn", cmd[1:])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git"} <= set(ignored)
 
@@ -313,3 +345,35 @@ def test_the_image_installs_the_lock_and_resolves_nothing():
     assert any("--require-hashes -r requirements/base.txt" in line for line in installs), installs
     for line in installs:
         assert "-r requirements/" in line or "--no-deps" in line, line
+
+
+def test_every_uvicorn_command_line_bounds_websocket_messages_by_the_setting():
+    """uvicorn, not the app, refuses a WebSocket message over ``--ws-max-size``: each way of
+    starting the API passes WS_MAX_SIZE there, with the setting's own default."""
+    from uvicorn.main import main as uvicorn_cli
+
+    import devstack
+
+    default = str(Settings.model_fields["WS_MAX_SIZE"].default)
+    api = devstack.ApiProcess("api", ROOT / ".run", {})
+    changed = devstack.ApiProcess("api", ROOT / ".run", {"WS_MAX_SIZE": "20000"})
+    assert dockerfile_env()["WS_MAX_SIZE"] == default
+    for args, size in (
+        (argv(services()["api"]), default),
+        (argv(services()["api"], {}), default),  # compose's own default, without the image's
+        (argv(dockerfile_cmd()), default),
+        (api.argv(), default),
+        (changed.argv(), "20000"),
+    ):
+        params = uvicorn_cli.make_context("uvicorn", list(args[1:])).params
+        assert params["ws_max_size"] == int(size), args
+    # Room for every command the app answers itself (MESSAGE_TOO_LARGE past 4096 characters).
+    from pydantic import ValidationError
+
+    from api.realtime.commands import MAX_CLIENT_MESSAGE
+
+    with pytest.raises(ValidationError, match="WS_MAX_SIZE"):
+        Settings(_env_file=None, WS_MAX_SIZE=4 * MAX_CLIENT_MESSAGE - 1)
+    run = (ROOT / "scripts" / "run.sh").read_text()
+    assert "WS_MAX_SIZE={s.WS_MAX_SIZE}" in run  # read from the settings
+    assert run.count('--ws-max-size "$WS_MAX_SIZE"') == run.count('"$BIN/uvicorn"') == 1

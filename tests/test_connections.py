@@ -1,4 +1,5 @@
-"""Idle and slow clients against a real uvicorn: each connection is bounded in time.
+"""Idle, slow and oversized clients against a real uvicorn: each connection is bounded in time,
+and a WebSocket message in size.
 
 uvicorn itself only closes a connection that idles after a response; one that sends nothing, or
 half a request, stays open forever. ``api/protocol.py`` bounds the headers and
@@ -8,6 +9,7 @@ not wait long, and asserts only what clients see, never how long it took.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
+from websockets.asyncio.client import connect as connect_async
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from devstack import wait_until
@@ -118,3 +122,41 @@ def test_a_body_sent_in_time_in_pieces_is_read_whole(api, make_user):
         assert status == 200, answer
     finally:
         peer.sock.close()
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_huge_first_websocket_messages_are_refused_unread(engine):
+    """32 sockets that have not signed in each send a 15 MiB first message: uvicorn closes each
+    with 1009 from the frame's header (WS_MAX_SIZE), and the API never holds the messages."""
+    api = ApiProcess("api-ws-size").start()  # its own process: its peak memory is this test's
+    try:
+        assert api.proc is not None
+        before = peak_memory_mib(api.proc.pid)
+        message = "x" * (15 * 1024 * 1024)
+
+        async def send_one() -> int | None:
+            async with connect_async(f"{api.ws_url}/ws", open_timeout=HANG_GUARD) as ws:
+                try:
+                    await ws.send(message)
+                    await asyncio.wait_for(ws.wait_closed(), HANG_GUARD)
+                except ConnectionClosed:
+                    pass
+                return ws.close_code
+
+        async def all_of_them() -> list[int | None]:
+            return await asyncio.gather(*(send_one() for _ in range(32)))
+
+        codes = asyncio.run(all_of_them())
+        grown = peak_memory_mib(api.proc.pid) - before
+        assert codes == [1009] * 32  # message too big
+        # Less than two of those messages: none was read into memory.
+        assert grown < 30, f"the API's peak memory grew by {grown:.0f} MiB"
+        assert api.running
+    finally:
+        api.stop()

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.schemas import BookingCreate
@@ -120,14 +121,19 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
         # What the batch read of the event feeds the seat snapshots: (seats, version, limit, ..).
         assert observed[0][:4] == (event.id, 100, event.version, event.max_seats_per_user)
 
-        # A user id PostgreSQL cannot hold breaks the batch's statement: the others still go in.
+        # A user id no row can have is an unknown user. A quantity PostgreSQL cannot hold (the
+        # schema's check skipped) breaks the batch's statement: each request is then stored
+        # alone, and that one fails alone.
         more = [request(u.id) for u in users[:3]]
-        bad = request(2**40)
-        outcomes = asyncio.run(run([more[0], bad, *more[1:]]))
+        stranger = request(2**40)
+        huge = BookingCreate.model_construct(event_id=event.id, quantity=2**40)
+        broken = IntakeRequest(users[3].id, huge, new_booking_id())
+        outcomes = asyncio.run(run([more[0], stranger, broken, *more[1:]]))
     finally:
         writer.close()
     assert isinstance(outcomes[1], InvalidToken)
-    assert all(created for _, created in (outcomes[0], *outcomes[2:]))
+    assert isinstance(outcomes[2], DataError)
+    assert all(created for _, created in (outcomes[0], *outcomes[3:]))
     stored = db.execute(
         text("SELECT count(*) FROM bookings WHERE booking_id = ANY(:ids)"),
         {"ids": [r.booking_id for r in more]},

@@ -10,6 +10,7 @@ nothing asserts on elapsed time.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from common.channels import signal_key
 from common.events.models import Event
 from common.security import create_access_token, hash_password
 from common.settings import Settings
@@ -46,7 +49,11 @@ BOUNDS = {
     "HEALTH_TIMEOUT": "1",
     "SWEEP_INTERVAL": "1",
     "SWEEP_PENDING_AFTER": "2",
+    "BOOKING_DEADLINE": "3",
 }
+# An answer later than this missed BOOKING_DEADLINE: loose, for a busy machine, yet far below
+# what a request waited before there was a deadline (each of its retries its own bounds).
+LATE = 2 * float(BOUNDS["BOOKING_DEADLINE"]) + 5
 
 
 @dataclass
@@ -97,10 +104,10 @@ def make_stack(request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]
     servers: list[RedisServer] = []
     tag = request.node.name.removeprefix("test_")[:24]
 
-    def make(database_url: str, engine: Engine) -> Stack:
+    def make(database_url: str, engine: Engine, **settings: str) -> Stack:
         redis_server = RedisServer().start()
         servers.append(redis_server)
-        env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url, **BOUNDS}
+        env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url, **BOUNDS, **settings}
         procs: list[Any] = [
             ApiProcess(f"outage-{tag}-api", **env),
             WorkerProcess(f"outage-{tag}-worker", **env),  # type: ignore[arg-type]
@@ -155,6 +162,16 @@ def bookings(engine: Engine, event_id: int) -> dict[str, str]:
             {"e": event_id},
         ).all()
     return {key: status for key, status in rows}  # noqa: C416 (rows are not pairs to mypy)
+
+
+def booking_ids(engine: Engine, event_id: int) -> dict[str, str]:
+    """idempotency key -> booking id, for the event."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT idempotency_key, booking_id FROM bookings WHERE event_id = :e"),
+            {"e": event_id},
+        ).all()
+    return {key: booking_id for key, booking_id in rows}  # noqa: C416
 
 
 def decided(engine: Engine, event_id: int) -> bool:
@@ -213,6 +230,45 @@ def test_a_frozen_postgres_answers_503_and_recovers(
     assert worker.running
 
 
+def test_every_booking_is_answered_within_the_deadline_while_postgres_is_frozen(
+    postgres: PostgresServer, private_database, make_stack, settings: Settings
+) -> None:
+    """More requests than the intake writers take at once, on a frozen database: each one is
+    answered by BOOKING_DEADLINE, those queued behind the writers and those in their batches
+    alike (they were answered 40-100 s later with the default bounds: a batch's failure was
+    retried request by request, each waiting its own bounds, and the queue had no deadline)."""
+    url, engine = private_database
+    stack = make_stack(url, engine)
+    stack.event_id, tokens = seed(engine, settings, users=30)
+    assert stack.book(tokens[0], "before").status_code == 202
+
+    def timed(n: int) -> tuple[httpx.Response, float]:
+        sent = time.monotonic()
+        response = stack.book(tokens[n], f"frozen-{n}")
+        return response, time.monotonic() - sent
+
+    postgres.freeze()
+    try:
+        with ThreadPoolExecutor(30) as pool:
+            frozen = list(pool.map(timed, range(30)))
+    finally:
+        postgres.thaw()
+
+    late = [round(took, 1) for _, took in frozen if took > LATE]
+    assert not late, f"answered past BOOKING_DEADLINE ({BOUNDS['BOOKING_DEADLINE']} s): {late}"
+    for response, _ in frozen:
+        assert_unavailable(response)
+    # A request whose batch may have reached the database is told its booking's id.
+    stored = booking_ids(engine, stack.event_id)
+    for n, (response, _) in enumerate(frozen):
+        if f"frozen-{n}" in stored:
+            named = [d.get("bookingId") for d in response.json()["error"]["details"]]
+            assert stored[f"frozen-{n}"] in named, response.text
+    wait_until(lambda: stack.health().status_code == 200, HANG, "health after thaw")
+    for n in range(30):
+        assert stack.book(tokens[n], f"frozen-{n}").status_code == 202
+
+
 def test_the_reply_bound_must_outlast_the_statement_timeout() -> None:
     # Else the client would drop a statement the server is still allowed to run, its outcome
     # unknown to the request.
@@ -253,6 +309,57 @@ def test_a_frozen_redis_still_accepts_bookings_and_the_sweeper_decides_them(
         "the frozen requests decided",
     )
     assert stack.health().status_code == 200
+
+
+def test_a_signal_key_left_without_its_task_does_not_hold_the_events_decisions(
+    engine: Engine, make_stack, make_user, make_event, token_for, settings: Settings
+) -> None:
+    """Redis frozen while intake signals: its SET NX times out, so no task is sent, but Redis
+    applies the SET when it resumes. The key then stands for a task that does not exist; the
+    sweeper must not take it for one (it did, and the event waited out SIGNAL_TTL, here far
+    longer than this test waits)."""
+    stack = make_stack(settings.DATABASE_URL, engine, SIGNAL_TTL="3600")
+    stack.event_id = make_event(capacity=10).id
+    token = token_for(make_user())
+    signals = redis.Redis.from_url(stack.redis.url)
+    assert stack.book(token, "warm").status_code == 202
+    wait_until(lambda: decided(engine, stack.event_id), SETTLE, "the first booking decided")
+    wait_until(lambda: not signals.exists(signal_key(stack.event_id)), SETTLE, "its key taken")
+
+    stack.redis.freeze()
+    try:
+        assert stack.book(token, "frozen").status_code == 202
+    finally:
+        stack.redis.thaw()
+
+    wait_until(lambda: decided(engine, stack.event_id), SETTLE, "the frozen request decided")
+    assert bookings(engine, stack.event_id)["frozen"] == "confirmed"
+
+
+def test_a_committed_booking_is_202_when_postgres_stops_during_its_wait(
+    postgres: PostgresServer, private_database, make_stack, settings: Settings
+) -> None:
+    """Prefer: wait, the booking stored, then the database stops before the decision: the
+    answer is the booking the request already holds (202, its id), not a 503 that would send a
+    client without an Idempotency-Key to book again."""
+    url, engine = private_database
+    stack = make_stack(url, engine)
+    stack.procs[1].stop(9)  # no worker: the booking stays pending for the whole wait
+    stack.event_id, tokens = seed(engine, settings, users=1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(stack.book, tokens[0], "waits", Prefer="wait=10")
+        wait_until(lambda: "waits" in bookings(engine, stack.event_id), HANG, "the row stored")
+        stored = booking_ids(engine, stack.event_id)["waits"]
+        engine.dispose()
+        postgres.stop(signal.SIGINT)
+        try:
+            answer = waiting.result()
+        finally:
+            postgres.start()
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["data"]["bookingId"] == stored
+    assert answer.json()["data"]["status"] == "pending"
+    assert answer.headers["Location"] == f"/api/bookings/{stored}"
 
 
 # ---------------------------------------------------------------- PostgreSQL restarted in a sale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 
 from fastapi.testclient import TestClient
@@ -66,6 +67,8 @@ def test_health_names_what_is_down(engine, settings):
     error = response.json()["error"]
     assert error["code"] == "SERVICE_UNAVAILABLE"
     assert error["details"] == [{"field": "redis", "message": "down"}]
+    # Like every 503: when to ask again, here no sooner than a check can take (HEALTH_TIMEOUT).
+    assert response.headers["retry-after"] == str(math.ceil(broken.HEALTH_TIMEOUT))
 
 
 def test_request_id_is_echoed(client):

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from common.bookings import holds, service
 from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
-from common.bookings.signals import signal_event, take_signal
+from common.bookings.signals import resignal_event, signal_event, take_signal
 from common.db import session_scope
 from common.metrics import SWEEPER_KEY, record_decided_batch
 from common.tasks import PROCESS_EVENT, SWEEP, WARN_HOLDS
@@ -127,13 +127,14 @@ def warn_holds(event_id: int, expires_at: str) -> dict[str, int]:
 @app.task(name=SWEEP, autoretry_for=TRANSIENT, max_retries=3, retry_backoff=1)
 def sweep() -> dict[str, int]:
     """Safety net: signal events whose requests waited too long while no drain works on them.
-    Through the deduplicated signal, so an event whose task is still queued gets no second one;
-    only a signal actually sent (its task or key was lost) is counted and logged."""
+    Not through the deduplicated signal: its key may stand for a task that was never sent
+    (common/bookings/signals.py, rule 4). Each signal sent is counted and logged."""
     res = resources()
     with session_scope(res.session_factory) as session:
         event_ids = service.pending_event_ids(session, res.settings.SWEEP_PENDING_AFTER)
-    sent = [e for e in event_ids if signal_event(res.redis, app, e, ttl=res.settings.SIGNAL_TTL)]
-    if sent:
-        res.redis.incrby(SWEEPER_KEY, len(sent))
-        logger.warning("sweeper re-signalled %d event(s): %s", len(sent), sent)
-    return {"resignalled": len(sent)}
+    for event_id in event_ids:
+        resignal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL)
+    if event_ids:
+        res.redis.incrby(SWEEPER_KEY, len(event_ids))
+        logger.warning("sweeper re-signalled %d event(s): %s", len(event_ids), event_ids)
+    return {"resignalled": len(event_ids)}

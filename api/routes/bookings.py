@@ -12,12 +12,16 @@ import csv
 import io
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -56,6 +60,8 @@ IdempotencyKey = Annotated[
 ]
 # The statuses a request's first decision gives it.
 DECIDED = ("confirmed", "held", "rejected", "waitlisted")
+# A database that cannot answer: no connection, none free, no reply (api.errors renders them 503).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 Prefer = Annotated[str | None, Header(description="RFC 7240, e.g. `wait=10` (at most 30)")]
 
 
@@ -79,7 +85,8 @@ async def _await_decision(
     while True:
         async with hub.waiter(booking_id) as decided:
             # Read after the waiter is in place, so a decision published in between is not missed.
-            booking = await run_in_threadpool(reload)
+            # A caller's timeout leaves the thread to its own bounds (DB_REPLY_TIMEOUT).
+            booking = await to_thread.run_sync(reload, abandon_on_cancel=True)
             if is_settled(booking) or loop.time() >= deadline:
                 return booking
             try:
@@ -152,8 +159,10 @@ async def accept_booking(
         if left is not None:  # refused from memory: nothing to store, no round trip
             raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
     booking_id = service.new_booking_id()
-    # Stored with the other requests of the moment in one statement and one commit.
-    request = IntakeRequest(user_id, body, booking_id, idempotency_key)
+    # Stored with the other requests of the moment in one statement and one commit, or 503 by
+    # BOOKING_DEADLINE; what a wait reads after that has the wait's length more.
+    deadline = time.monotonic() + settings.BOOKING_DEADLINE
+    request = IntakeRequest(user_id, body, booking_id, idempotency_key, deadline)
     intake = partial(_submit, writer, seats, request)
 
     if not wait:
@@ -183,12 +192,19 @@ async def accept_booking(
             apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
     reload = lambda: _reload(factory, user_id, booking.booking_id)  # noqa: E731
-    if created:
-        # No word within the wait (or a cancellation raced the decision): the database says.
-        booking = await run_in_threadpool(reload)
-    else:
-        # An idempotent replay of an earlier request: wait for that booking instead.
-        booking = await _await_decision(hub, booking.booking_id, wait, reload)
+    try:
+        async with asyncio.timeout(max(deadline + wait - time.monotonic(), 0)):
+            if created:
+                # No word within the wait (or a cancellation raced the decision): the database
+                # says.
+                booking = await to_thread.run_sync(reload, abandon_on_cancel=True)
+            else:
+                # An idempotent replay of an earlier request: wait for that booking instead.
+                booking = await _await_decision(hub, booking.booking_id, wait, reload)
+    except (TimeoutError, *UNAVAILABLE) as exc:
+        # The booking is committed: the one this request holds is still its answer, if not the
+        # latest news; a 503 would send a client without an Idempotency-Key to book again.
+        logger.warning("answering the booking as stored, the database did not say: %r", exc)
     return _decided_response(booking, ok_status=status.HTTP_201_CREATED, headers=headers)
 
 

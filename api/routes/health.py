@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import anyio
 import redis.asyncio as aioredis
@@ -49,7 +50,9 @@ async def _redis_answers(client: aioredis.Redis, timeout: float) -> bool:
 @router.get("/health")
 @router.get("/", include_in_schema=False)
 async def health(engine: EngineDep, aredis: AsyncRedisDep, settings: SettingsDep) -> JSONResponse:
-    """200 when PostgreSQL and Redis answer within ``HEALTH_TIMEOUT``; 503 naming what is down."""
+    """200 when PostgreSQL and Redis answer within ``HEALTH_TIMEOUT``; 503 naming what is down,
+    with ``Retry-After`` like every 503: no sooner than a check can take, so a prober's checks
+    do not pile up on the two threads of a frozen database's check."""
     up = await asyncio.gather(
         _postgres_answers(engine, settings.HEALTH_TIMEOUT),
         _redis_answers(aredis, settings.HEALTH_TIMEOUT),
@@ -66,4 +69,5 @@ async def health(engine: EngineDep, aredis: AsyncRedisDep, settings: SettingsDep
             [{"field": name, "message": "down"} for name in down],
         ),
         status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(settings.HEALTH_TIMEOUT)))},
     )

@@ -1,125 +1,49 @@
 """Group commit at intake: the booking requests that reach one API process within a couple of
 milliseconds are stored by one multi-row statement and one commit.
 
-``write_batch`` runs the same checks as ``service.INTAKE`` (the user exists, the event exists
-and has not started, the quantity is within the event's limit, the event shows the seats or has
-a waitlist, the user's pending cap, exact across batches and processes by
+``write_batch`` runs ``service.INTAKE_BATCH`` (the user exists, the event exists and has not
+started, the quantity is within the event's limit, the event shows the seats or has a
+waitlist, the user's pending cap, exact across batches and processes by
 ``service.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
 every request of the batch at once, and answers each one with what ``service.request_booking``
 would have: its booking or its domain error. Signals go out after the commit, one per event
 per batch, not one per request.
 
-If the batch statement fails as a whole, each of its requests is retried on its own (the
-single-request path), so a request that breaks the statement fails alone with its own error.
+If the statement fails for one request's sake (a foreign key whose row was deleted
+meanwhile), each request of the batch is stored again alone, the same statement with one row,
+so the request that breaks it fails alone with its own error. If the database fails (no
+connection, no answer, a timeout), that is every request's answer at once: each alone would
+only wait for the same failure again.
 
 ``IntakeWriter`` is the API side: requests wait on a future, a timer of ``INTAKE_BATCH_WINDOW``
 (or a full batch of ``INTAKE_BATCH_SIZE``) starts a batch on one of ``INTAKE_WRITERS`` threads,
-and each future is resolved only after its batch committed, so a 202 is still durable.
+and each future is resolved only after its batch committed, so a 202 is still durable. Each
+request has a deadline (``BOOKING_DEADLINE`` after it arrived): past it, it is answered 503
+whatever its batch is doing, and if it is still queued it is never written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.types import Integer, Text
 
 from common.bookings import service
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate
 from common.db import session_scope
+from common.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-
-# The batched twin of service.INTAKE: one row of facts per request (the rules are
-# booking_verdict's, as there), and every request's facts returned beside its inserted row (if
-# any). As there, a stored request's retry is no candidate (no gap in the numbers), and each
-# event's line is counted under its arrival counter's lock: here with the batch's own earlier
-# candidates for the event, which its insert is about to add. The counters are locked, and the
-# rows inserted, in event order, so two batches with several events never wait on each other in
-# a circle; within an event, in arrival order.
-INTAKE_BATCH = text(
-    """
-WITH req AS (
-    SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:user_ids AS int[]),
-                         CAST(:event_ids AS int[]), CAST(:quantities AS int[]),
-                         CAST(:booking_ids AS text[]), CAST(:keys AS text[]),
-                         CAST(:hashes AS text[]))
-        AS r(ord, r_user, r_event, r_quantity, r_booking, r_key, r_hash)
-), facts AS (
-    SELECT r.*, u.id AS known_user, e.id AS known_event,
-           booking_verdict(e, r.r_quantity, e.available_seats, 0) AS verdict,
-           e.max_seats_per_user, e.available_seats, e.version AS event_version,
-           extract(epoch FROM e.event_date)::float8 AS starts_at,
-           CASE WHEN e.waitlist_enabled THEN e.seat_capacity ELSE 0 END AS waitlist_up_to,
-           e.line_through, e.line_gone,
-           (SELECT count(*) FROM (
-                SELECT 1 FROM bookings p WHERE p.user_id = r.r_user AND p.status = 'pending'
-                LIMIT :max_pending) mine) AS pending,
-           EXISTS (SELECT 1 FROM bookings k
-                   WHERE k.user_id = r.r_user AND k.idempotency_key = r.r_key) AS replay
-    FROM req r
-    LEFT JOIN users u ON u.id = r.r_user
-    LEFT JOIN events e ON e.id = r.r_event
-), storable AS (
-    SELECT f.*, (f.known_user IS NOT NULL AND f.known_event IS NOT NULL
-                 AND f.verdict IN ('confirmed', 'waitlisted') AND NOT f.replay) AS storable
-    FROM facts f
-), counted AS (
-    -- A user's earlier requests in this batch that pass the other checks count towards their
-    -- pending cap too: the statement's own inserts are not visible to its subqueries.
-    SELECT f.*, f.pending + coalesce(count(*) FILTER (WHERE f.storable) OVER (
-               PARTITION BY f.r_user ORDER BY f.ord
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS in_flight
-    FROM storable f
-), candidates AS (
-    SELECT c.*, c.storable AND c.in_flight < :max_pending AS candidate
-    FROM counted c
-), lines AS (
-    SELECT l.event_id, l.arrived FROM event_lines l
-    WHERE l.event_id IN (SELECT c.known_event FROM candidates c WHERE c.candidate)
-    ORDER BY l.event_id
-    FOR UPDATE
-), ranked AS (
-    -- NULL unless every other check passed.
-    SELECT c.*, l.arrived - c.line_through - cardinality(c.line_gone) + count(*) FILTER (
-               WHERE c.candidate) OVER (
-               PARTITION BY c.known_event ORDER BY c.ord
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS waiting
-    FROM candidates c LEFT JOIN lines l ON l.event_id = c.known_event AND c.candidate
-), ins AS (
-    INSERT INTO bookings (booking_id, user_id, event_id, quantity, idempotency_key, request_hash)
-    SELECT f.r_booking, f.known_user, f.known_event, f.r_quantity, f.r_key, f.r_hash
-    FROM ranked f
-    WHERE f.waiting < :max_line
-    ORDER BY f.known_event, f.ord
-    ON CONFLICT (user_id, idempotency_key) DO NOTHING
-    RETURNING *
-)
-SELECT f.ord, f.known_user, f.known_event, f.verdict, f.max_seats_per_user, f.available_seats,
-       f.event_version, f.starts_at, f.waitlist_up_to, f.in_flight AS pending, f.waiting,
-       f.line_through, f.line_gone, ins.*
-FROM ranked f LEFT JOIN ins ON ins.booking_id = f.r_booking
-ORDER BY f.ord
-"""
-).bindparams(
-    bindparam("ords", type_=ARRAY(Integer)),
-    bindparam("user_ids", type_=ARRAY(Integer)),
-    bindparam("event_ids", type_=ARRAY(Integer)),
-    bindparam("quantities", type_=ARRAY(Integer)),
-    bindparam("booking_ids", type_=ARRAY(Text)),
-    bindparam("keys", type_=ARRAY(Text)),
-    bindparam("hashes", type_=ARRAY(Text)),
-)
 
 
 @dataclass(slots=True)
@@ -128,6 +52,8 @@ class IntakeRequest:
     data: BookingCreate
     booking_id: str
     idempotency_key: str | None = None
+    # time.monotonic() past which the request is answered and no longer written.
+    deadline: float = field(default=math.inf)
 
 
 # What a request gets: (booking, created) or the exception it would have raised.
@@ -137,6 +63,35 @@ Outcome = tuple[Booking, bool] | BaseException
 EventFacts = tuple[int, int, int, float, int]
 
 
+class Stored(NamedTuple):
+    """What storing a batch came to: each request's outcome, in order, the events with a new
+    request (to signal once the outcomes are answered), and the facts of each event it read."""
+
+    outcomes: list[Outcome]
+    signals: list[int]
+    facts: dict[int, EventFacts]
+
+
+class Unanswered(ServiceUnavailable):
+    """The database did not take the request by its deadline."""
+
+    default_message = "The booking could not be stored in time, try again"
+
+
+def late(request: IntakeRequest, *, maybe_stored: bool) -> Unanswered:
+    """The 503 of a request past its deadline. One whose batch may still commit names the
+    booking it would be: a retry with its ``Idempotency-Key``, or a GET of that id, tells."""
+    details = [{"bookingId": request.booking_id}] if maybe_stored else []
+    return Unanswered(details=details, headers={"Retry-After": "1"})
+
+
+def _fails_every_request(exc: BaseException) -> bool:
+    """An error of the database, not of a request: no connection, no answer, a timeout."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+
+
 def write_batch(
     factory: sessionmaker[Session],
     requests: Sequence[IntakeRequest],
@@ -144,25 +99,61 @@ def write_batch(
     max_pending: int | None,
     max_line: int | None = None,
 ) -> tuple[list[Outcome], dict[int, EventFacts]]:
-    """Store a batch in one statement and one commit: each request's outcome, in order, and
-    the facts of each event the batch read."""
+    """Store a batch in one statement and one commit, then signal its events: each request's
+    outcome, in order, and the facts of each event the batch read."""
+    stored = store_batch(factory, requests, max_pending, max_line)
+    send_signals(signal, stored.signals)
+    return stored.outcomes, stored.facts
+
+
+def store_batch(
+    factory: sessionmaker[Session],
+    requests: Sequence[IntakeRequest],
+    max_pending: int | None,
+    max_line: int | None = None,
+) -> Stored:
+    """``write_batch`` without the signals, which the caller sends once it has answered."""
     try:
-        outcomes, signals, facts = _write_together(factory, requests, max_pending, max_line)
+        return _write_together(factory, requests, max_pending, max_line)
     except Exception as exc:
-        # A foreign key that failed names no row (a user or an event deleted meanwhile): alone,
-        # INTAKE tells whose. Anything else of a single request is its own error already.
-        if len(requests) == 1 and not isinstance(exc, IntegrityError):
-            return [exc], {}
+        if _fails_every_request(exc):
+            return Stored([exc] * len(requests), [], {})
+        if len(requests) == 1:
+            return Stored([_own_error(exc)], [], {})
+        # A foreign key that failed names no row (a user or an event deleted meanwhile):
+        # alone, each request's statement tells whose.
         logger.warning("intake batch of %d failed (%s); storing one by one", len(requests), exc)
-        return [
-            _write_alone(factory, request, signal, max_pending, max_line) for request in requests
-        ], {}
-    for event_id in signals:  # after the commit, once per event
+    outcomes: list[Outcome] = []
+    signals: dict[int, None] = {}
+    facts: dict[int, EventFacts] = {}
+    for request in requests:
+        if time.monotonic() >= request.deadline:  # answered already: never written after
+            outcomes.append(late(request, maybe_stored=False))
+            continue
+        try:
+            alone = _write_together(factory, [request], max_pending, max_line)
+        except Exception as exc:
+            outcomes.append(_own_error(exc))
+            continue
+        outcomes.extend(alone.outcomes)
+        signals.update(dict.fromkeys(alone.signals))
+        facts.update(alone.facts)
+    return Stored(outcomes, list(signals), facts)
+
+
+def _own_error(exc: Exception) -> BaseException:
+    """A lone request's error, a foreign key whose row is gone told as that row's error."""
+    if isinstance(exc, IntegrityError):
+        return service.gone_with_the_row(exc) or exc
+    return exc
+
+
+def send_signals(signal: Callable[[int], object], event_ids: Iterable[int]) -> None:
+    for event_id in event_ids:  # after the commit, once per event
         try:
             signal(event_id)
         except Exception:  # the rows are committed; a lost signal is what the sweeper is for
             logger.exception("signal for event %s failed", event_id)
-    return outcomes, facts
 
 
 def _write_together(
@@ -170,34 +161,26 @@ def _write_together(
     requests: Sequence[IntakeRequest],
     max_pending: int | None,
     max_line: int | None,
-) -> tuple[list[Outcome], list[int], dict[int, EventFacts]]:
-    cap = service.NO_PENDING_CAP if max_pending is None else max_pending
-    hashes = [service.request_hash(r.data) for r in requests]
+) -> Stored:
+    rows = [
+        service.IntakeRow(
+            r.user_id,
+            r.data.event_id,
+            r.data.quantity,
+            r.booking_id,
+            r.idempotency_key,
+            service.request_hash(r.data),
+        )
+        for r in requests
+    ]
     outcomes: list[Outcome] = []
     events: dict[int, None] = {}
     facts: dict[int, EventFacts] = {}
     with session_scope(factory) as session:
         if max_pending is not None:
             service.lock_pending_counts(session, (r.user_id for r in requests))
-        rows = (
-            session.execute(
-                INTAKE_BATCH,
-                {
-                    "ords": list(range(len(requests))),
-                    "user_ids": [r.user_id for r in requests],
-                    "event_ids": [r.data.event_id for r in requests],
-                    "quantities": [r.data.quantity for r in requests],
-                    "booking_ids": [r.booking_id for r in requests],
-                    "keys": [r.idempotency_key for r in requests],
-                    "hashes": hashes,
-                    "max_pending": cap,
-                    "max_line": service.NO_LINE_CAP if max_line is None else max_line,
-                },
-            )
-            .mappings()
-            .all()
-        )
-        for request, fingerprint, row in zip(requests, hashes, rows, strict=True):
+        found = service.intake_rows(session, rows, max_pending, max_line)
+        for request, asked, row in zip(requests, rows, found, strict=True):
             if row["known_event"] is not None:
                 facts[row["known_event"]] = (
                     row["available_seats"],
@@ -213,7 +196,7 @@ def _write_together(
                     request.user_id,
                     request.data,
                     request.idempotency_key,
-                    fingerprint,
+                    asked.request_hash,
                     max_pending,
                     max_line,
                 )
@@ -223,30 +206,10 @@ def _write_together(
             if created:
                 events[booking.event_id] = None
             outcomes.append((booking, created))
-    return outcomes, list(events), facts
+    return Stored(outcomes, list(events), facts)
 
 
-def _write_alone(
-    factory: sessionmaker[Session],
-    request: IntakeRequest,
-    signal: Callable[[int], object],
-    max_pending: int | None,
-    max_line: int | None,
-) -> Outcome:
-    try:
-        with session_scope(factory) as session:
-            return service.request_booking(
-                session,
-                request.user_id,
-                request.data,
-                idempotency_key=request.idempotency_key,
-                signal=signal,
-                max_pending=max_pending,
-                max_line=max_line,
-                booking_id=request.booking_id,
-            )
-    except Exception as exc:
-        return exc
+Waiting = tuple[IntakeRequest, "asyncio.Future[Outcome]"]
 
 
 class IntakeWriter:
@@ -275,20 +238,33 @@ class IntakeWriter:
         self.batch_size = batch_size
         self.writers = writers
         self._executor = ThreadPoolExecutor(writers, thread_name_prefix="intake")
-        self._queue: list[tuple[IntakeRequest, asyncio.Future[Outcome]]] = []
+        self._queue: list[Waiting] = []
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
 
     async def submit(self, request: IntakeRequest) -> tuple[Booking, bool]:
-        """The booking and whether it is new, once committed; or the request's own error."""
+        """The booking and whether it is new, once committed; or the request's own error, or
+        503 at its deadline."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append((request, future))
+        waiting = (request, future)
+        self._queue.append(waiting)
         if len(self._queue) >= self.batch_size:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.window, self._flush)
-        outcome = await future
+        # The loop's clock need not be time.monotonic's (uvloop's is libuv's).
+        left = request.deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(None if math.isinf(left) else left):
+                # Shielded: a late request's future is left to its batch, which finds it done.
+                outcome = await asyncio.shield(future)
+        except TimeoutError:
+            queued = waiting in self._queue
+            if queued:
+                self._queue.remove(waiting)
+            future.cancel()
+            raise late(request, maybe_stored=not queued) from None
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -304,32 +280,37 @@ class IntakeWriter:
             self._in_flight += 1
             asyncio.ensure_future(self._write(batch))
 
-    async def _write(self, batch: list[tuple[IntakeRequest, asyncio.Future[Outcome]]]) -> None:
+    async def _write(self, batch: list[Waiting]) -> None:
         loop = asyncio.get_running_loop()
         requests = [request for request, _ in batch]
         seen = time.monotonic()
-        facts: dict[int, EventFacts] = {}
+        stored = Stored([], [], {})
         try:
-            outcomes: list[Any]
-            outcomes, facts = await loop.run_in_executor(
+            stored = await loop.run_in_executor(
                 self._executor,
-                write_batch,
+                store_batch,
                 self.factory,
                 requests,
-                self.signal,
                 self.max_pending,
                 self.max_line,
             )
+            outcomes = stored.outcomes
         except BaseException as exc:  # e.g. the executor shut down: nobody waits forever
             outcomes = [exc] * len(batch)
-        finally:
-            self._in_flight -= 1
         if self.observe is not None:
-            for event_id, event_facts in facts.items():
+            for event_id, event_facts in stored.facts.items():
                 self.observe(event_id, *event_facts, seen=seen)
+        # Answered before the signals: they take Redis's time, and the rows are committed.
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+        try:
+            if stored.signals:
+                await loop.run_in_executor(
+                    self._executor, send_signals, self.signal, stored.signals
+                )
+        finally:
+            self._in_flight -= 1
         if self._queue and self._timer is None:
             self._flush()
 

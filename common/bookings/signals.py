@@ -10,6 +10,10 @@ advisory lock in ``process_event_queue``). The protocol, in three rules:
    (``signal_event``: if it was gone, it is set and one more task is queued).
 3. Nothing else deletes the key, but it expires after ``SIGNAL_TTL``, and ``signal_event``
    takes back a key whose task it could not queue: both are the sweeper's cases.
+4. The sweeper does not trust the key (``resignal_event``): it sets it and queues a task
+   whether or not the key was there. A key can stand for no task at all: when Redis stops
+   answering, intake's SET NX times out and no task is sent, yet Redis applies the SET when it
+   resumes. Deduplicating against such a key held the event's decisions until it expired.
 
 Why no request is stranded: a request commits before its SET, so the key is set after its
 commit. Whoever deletes the key first after that is a draining task, which then reads (rule 1)
@@ -20,8 +24,11 @@ drain that will (rule 2). ``tests/test_drain.py`` makes the tight interleaving c
 
 A burst of thousands of requests is thus a handful of tasks, and a long drain is one task plus
 one more per ``SIGNAL_TTL`` (the key expires, the next request sends a task, it leaves busy). If
-a task is lost, the key expires and the sweeper sends through this same function for events no
-drain holds (``SIGNAL_TTL``, ``SWEEP_PENDING_AFTER``).
+a task is lost, the sweeper sends another for each event with a request older than
+``SWEEP_PENDING_AFTER`` that no drain holds, whatever its key says: a lost signal holds an
+event's decisions for at most ``SWEEP_PENDING_AFTER + SWEEP_INTERVAL``. The price is at most one
+extra task per such event per sweep when the tasks are merely slow (queued behind others),
+which finds the event drained or busy and leaves.
 """
 
 from __future__ import annotations
@@ -52,6 +59,18 @@ def signal_event(client: redis.Redis, sender: TaskSender, event_id: int, ttl: in
         client.delete(key)
         raise
     return True
+
+
+def resignal_event(client: redis.Redis, sender: TaskSender, event_id: int, ttl: int) -> None:
+    """The sweeper's signal: set the event's key and queue a drain task, even if the key was
+    there (rule 4)."""
+    key = signal_key(event_id)
+    client.set(key, "1", ex=ttl)
+    try:
+        sender.send_task(PROCESS_EVENT, args=[event_id], queue=BOOKINGS_QUEUE)
+    except Exception:
+        client.delete(key)
+        raise
 
 
 def take_signal(client: redis.Redis, event_id: int) -> bool:
