@@ -263,6 +263,19 @@ def test_the_webhook_types_cover_holds():
     assert json.loads(body)["data"]["status"] == "held"
 
 
+def test_the_brokers_visibility_timeout_outlasts_the_longest_hold():
+    """A hold's expiry timer waits unacknowledged in a worker until the hold ends; past the
+    Redis broker's visibility timeout it would be delivered again, every timeout, each copy
+    held in memory until then (docs/RELIABILITY.md, "Holds")."""
+    import celeryconfig
+    from common.bookings.holds import TIMER_SLACK
+    from common.events.schemas import MAX_HOLD_SECONDS
+
+    timeout = celeryconfig.broker_transport_options["visibility_timeout"]
+    assert timeout > MAX_HOLD_SECONDS + TIMER_SLACK.total_seconds()
+    assert timeout > celeryconfig.task_time_limit
+
+
 # ---------------------------------------------------------------- racing an expiry
 
 
