@@ -358,3 +358,97 @@ def test_confirms_and_cancels_racing_an_expiry_end_each_hold_exactly_once(
     ).scalar_one()
     assert seats(db, event) == 200 - confirmed
     assert procedures.seat_invariant_violations(db) == []
+
+
+def test_a_confirm_that_read_the_hold_before_its_expiry_committed_finds_it_expired(
+    db, engine, session_factory, make_user, hold_event
+):
+    """The interleaving the race above rarely hits, made certain: 20 confirmations begin before
+    the holds' end; the decider, after it, expires them and is held (a SHARE lock on
+    booking_logs stops its audit insert) with the rows written and not committed; the
+    confirmations run into it. Each must then find the hold expired (the booking's row lock
+    makes it wait and read again), never overwrite the expiry with a confirmation."""
+    from common.bookings import holds, service
+    from common.errors import HoldExpired
+
+    event = hold_event(capacity=20, max_per_user=1)
+    users = [make_user() for _ in range(20)]
+    ids = [ask(db, u, event) for u in users]
+    drain(db, event, limit=100)
+    end = (
+        db.execute(
+            text(
+                "UPDATE bookings SET expires_at = now() + interval '1 second'"
+                " WHERE booking_id = ANY(:ids) RETURNING expires_at"
+            ),
+            {"ids": ids},
+        )
+        .scalars()
+        .first()
+    )
+    db.commit()
+    # Each confirmation's transaction begins now, before the end (its now() is its start).
+    sessions = [session_factory() for _ in ids]
+    confirmers = [s.execute(text("SELECT pg_backend_pid(), now()")).one()[0] for s in sessions]
+    while db.execute(text("SELECT now() <= :end"), {"end": end}).scalar_one():
+        db.commit()
+        threading.Event().wait(0.05)
+    db.commit()
+    gate = engine.connect()
+    gate.execute(text("LOCK TABLE booking_logs IN SHARE MODE"))
+    outcomes: dict[str, str] = {}
+    decider_pid: list[int] = []
+
+    def expire() -> None:
+        with session_factory() as session:
+            decider_pid.append(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            procedures.process_event_queue(session, event.id, 100, "test")
+            session.commit()
+
+    def confirm(i: int) -> None:
+        session = sessions[i]
+        try:
+            booking = service.get_booking(session, users[i], ids[i], for_update=True)
+            holds.confirm_hold(session, booking, by="buyer")
+            session.commit()
+            outcomes[ids[i]] = "confirmed"
+        except HoldExpired:
+            outcomes[ids[i]] = "HOLD_EXPIRED"
+        finally:
+            session.close()
+
+    def blocked_by(pid: int, waiting: list[int]) -> int:
+        """How many of ``waiting`` wait for ``pid`` (autovacuum may wait for the gate too)."""
+        with engine.connect() as probe:
+            return probe.execute(
+                text(
+                    "SELECT count(*) FROM unnest(CAST(:w AS integer[])) w"
+                    " WHERE :p = ANY(pg_blocking_pids(w))"
+                ),
+                {"p": pid, "w": waiting},
+            ).scalar_one()
+
+    decider = threading.Thread(target=expire)
+    decider.start()
+    try:
+        me = gate.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        # The decider's rows are written; its audit insert waits.
+        while not (decider_pid and blocked_by(me, decider_pid)):
+            threading.Event().wait(0.02)
+        confirms = [threading.Thread(target=confirm, args=(i,)) for i in range(20)]
+        for t in confirms:
+            t.start()
+        while blocked_by(decider_pid[0], confirmers) < 20:  # each confirmation reached its hold
+            threading.Event().wait(0.02)
+    finally:
+        gate.rollback()
+        gate.close()
+    decider.join()
+    for t in confirms:
+        t.join()
+    assert outcomes == dict.fromkeys(ids, "HOLD_EXPIRED")
+    for booking_id in ids:
+        assert row(db, booking_id).status == "expired"
+        assert actions(db, booking_id) == ["held", "expired"]
+    assert seats(db, event) == 20
+    assert procedures.seat_invariant_violations(db) == []
