@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 from celery import Celery
@@ -26,11 +27,14 @@ from api.realtime.fanout import dispatch
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
 from api.routes import auth, bookings, events, health, payments, webhooks, ws
+from api.seats import SeatSnapshots
+from common.bookings.intake import IntakeWriter
 from common.bookings.signals import signal_event
 from common.db import bound_waits, build_engine, build_sessionmaker
 from common.redis_client import build_async_redis, build_redis, build_signal_redis
 from common.security import dummy_hash
 from common.settings import Settings, get_settings
+from common.tokens import token_cache
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,30 @@ def build_api_engine(settings: Settings) -> Engine:
     )
 
 
+def start_intake(state: Any) -> None:
+    """What the booking routes share, on either path: the seat snapshots (``api.seats``), the
+    group-commit writer (``common.bookings.intake``), the token cache, and the threadpool
+    sized to the database pool so no thread waits on a connection that is not there."""
+    settings: Settings = state.settings
+    # No more threads than pooled connections: a thread beyond the pool opens an overflow
+    # connection and closes it on return, a new PostgreSQL session per request under load.
+    threads = settings.API_THREADS or settings.DB_POOL_SIZE
+    anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+    state.tokens = token_cache(settings)
+    state.seats = SeatSnapshots(state.session_factory, settings.SEAT_SNAPSHOT_MAX_AGE)
+    state.hub.add_listener(state.seats.on_message)
+    state.intake = IntakeWriter(
+        state.session_factory,
+        state.signal,
+        max_pending=settings.MAX_PENDING_PER_USER,
+        max_line=settings.QUEUE_MAX_PER_EVENT,
+        window=settings.INTAKE_BATCH_WINDOW,
+        batch_size=settings.INTAKE_BATCH_SIZE,
+        writers=settings.INTAKE_WRITERS,
+        observe=state.seats.observe,
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -86,7 +114,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.hub = Hub(state.aredis)
     state.realtime = ConnectionManager(settings, state.session_factory, state.hub)
     state.hub.add_listener(partial(dispatch, state.realtime))
-    fastpath.start(state)
+    start_intake(state)
+    if settings.LEAN_PATH and isinstance(app, fastpath.App):
+        fastpath.install(app)
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
     try:
@@ -94,7 +124,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         await close_all(state.realtime)
-        fastpath.stop(state)
+        if isinstance(app, fastpath.App):
+            fastpath.uninstall(app)
+        state.intake.close()
         await state.hub.stop()
         # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
         await within(STOP_TIMEOUT, state.aredis.aclose())
@@ -106,7 +138,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = fastpath.App(
-        lean=settings.LEAN_PATH,
         title="Event Booking System",
         version="0.1.0",
         description=(

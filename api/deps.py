@@ -64,7 +64,7 @@ TaskSenderDep = Annotated[Celery, Depends(app_state("celery"))]
 # At most BCRYPT_CONCURRENCY password hashes at once in this process (api/routes/auth.py).
 BcryptLimiterDep = Annotated[anyio.CapacityLimiter, Depends(app_state("bcrypt_limiter"))]
 RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]
-# Built by api.fastpath.start: intake's group-commit writer and the events' seat snapshots.
+# Built by api.app.start_intake: intake's group-commit writer and the events' seat snapshots.
 IntakeDep = Annotated[IntakeWriter, Depends(app_state("intake"))]
 SeatsDep = Annotated[SeatSnapshots, Depends(app_state("seats"))]
 

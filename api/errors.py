@@ -64,9 +64,24 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+def _body_not_json(errors: list[dict[str, Any]]) -> bool:
+    # FastAPI reads a body as JSON only under a JSON media type; under any other (or none) the
+    # model is handed the raw bytes: the body's media type is what is wrong, not its fields.
+    return any(
+        tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes)
+        for err in errors
+    )
+
+
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = validation_details(list(exc.errors()))
+    errors = list(exc.errors())
+    if _body_not_json(errors):
+        return JSONResponse(
+            error_body("UNSUPPORTED_MEDIA_TYPE", "Send the body as application/json"),
+            status_code=415,
+        )
+    details = validation_details(errors)
     return JSONResponse(
         error_body("VALIDATION_ERROR", "Request validation failed", details), status_code=400
     )

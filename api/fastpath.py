@@ -2,51 +2,53 @@
 
 A flash sale is thousands of the same two small requests. ``FastPath`` is a pure ASGI layer in
 front of every middleware, FastAPI's own outer layers included (``App``): when a request is
-one of those two in its plain form (a ``Bearer`` token, ``Content-Type: application/json``, a
-small body that is exactly ``{"eventId": int, "quantity": int}`` within the schema's ranges, no
+one of those two in its plain form (one allowed Host, a ``Bearer`` token,
+``Content-Type: application/json``, a small body that ``BookingCreate`` accepts as it is, no
 ``Origin``), it verifies the token (``common.tokens``: once per token), calls the route's own
 logic (``accept_booking`` / ``read_booking`` in ``api.routes.bookings``) and sends the answer
-itself, with the request id and the request metrics the middlewares would have added. Anything
-else, a bad token, a body that needs validating, a CORS request, any other route, goes to the
-full FastAPI app untouched (the body it read is replayed), so the OpenAPI document, validation
-errors and the error envelope stay exactly as they are.
+itself, finished as the middlewares finish theirs (``api.middleware.finish_headers``: request id
+and ``Vary``) and counted as they count (``api.metrics.observe_request``). Anything else, a bad
+token, a body that needs validating, a CORS request, any other route, goes to the full FastAPI
+app untouched (the body it read is replayed), so the OpenAPI document, validation errors and
+the error envelope stay exactly as they are.
 
-``start`` builds what both paths share, from the app's lifespan: the seat snapshots
-(``api.seats``), the group-commit writer (``common.bookings.intake``), the token cache, and the
-threadpool sized to the database pool so no thread waits on a connection that is not there.
+It takes what it stands in for from the app, never from literals: the two routes (path,
+template and regex) from the bookings router, the Host check from the app's own
+``AllowedHostsMiddleware``, the body's rules from the schema. The app's lifespan installs it
+only with ``LEAN_PATH``; tests/test_lean_path.py feeds both paths the same generated requests
+and freezes what the full stack applies to the two routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from anyio import to_thread
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import REQUEST_SECONDS, REQUESTS
-from api.middleware import AllowedHostsMiddleware, body_timed_out, request_id_var, send_error
+from api.metrics import observe_request
+from api.middleware import (
+    AllowedHostsMiddleware,
+    body_timed_out,
+    error_response,
+    finish_headers,
+    request_id,
+    request_id_var,
+)
+from api.routes import bookings
 from api.routes.bookings import accept_booking, read_booking
-from api.seats import SeatSnapshots
-from common.bookings.intake import IntakeWriter
-from common.bookings.schemas import MAX_QUANTITY, BookingCreate
+from common.bookings.schemas import BookingCreate
 from common.errors import InvalidToken
-from common.tokens import token_cache
 
 MAX_BODY = 1024  # the plain body is about 30 bytes; anything larger takes the full path
-MAX_ID = 2**31 - 1
-BOOKING_PATH = re.compile(r"/api/bookings/([^/]+)")
-# The route templates the metrics middleware would have recorded.
-POST_ROUTE, GET_ROUTE = "/api/bookings", "/api/bookings/{booking_id}"
 SYNC_ROUTE = "/api/bench/bookings-sync"  # the benchmark's baseline, on the same lean layer
 
 
@@ -74,74 +76,74 @@ async def _book_synchronously(
     return await baseline.book(state.session_factory, user_id, data)
 
 
-def start(state: Any) -> None:
-    """Called by the lifespan once the engine, the Redis clients and the Hub exist."""
-    settings = state.settings
-    # No more threads than pooled connections: a thread beyond the pool opens an overflow
-    # connection and closes it on return, a new PostgreSQL session per request under load.
-    threads = settings.API_THREADS or settings.DB_POOL_SIZE
-    to_thread.current_default_thread_limiter().total_tokens = threads
-    state.tokens = token_cache(settings)
-    state.seats = SeatSnapshots(state.session_factory, settings.SEAT_SNAPSHOT_MAX_AGE)
-    state.hub.add_listener(state.seats.on_message)
-    state.intake = IntakeWriter(
-        state.session_factory,
-        state.signal,
-        max_pending=settings.MAX_PENDING_PER_USER,
-        max_line=settings.QUEUE_MAX_PER_EVENT,
-        window=settings.INTAKE_BATCH_WINDOW,
-        batch_size=settings.INTAKE_BATCH_SIZE,
-        writers=settings.INTAKE_WRITERS,
-        observe=state.seats.observe,
-    )
-
-
-def stop(state: Any) -> None:
-    intake = getattr(state, "intake", None)
-    if intake is not None:
-        intake.close()
-
-
 class App(FastAPI):
-    """FastAPI with the lean path in front of all of it, its own outer layers included
-    (``lean=False``: plain FastAPI)."""
+    """FastAPI with the lean path in front of all of it, its own outer layers included, once
+    the lifespan has installed it (``install``); until then, and without ``LEAN_PATH``, plain
+    FastAPI."""
 
-    def __init__(self, *, lean: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._lean = FastPath(partial(FastAPI.__call__, self)) if lean else None
+    lean: FastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._lean is None:
+        lean = self.lean
+        if lean is None:
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
-        await self._lean(scope, receive, send)
+        await lean(scope, receive, send)
+
+
+def install(app: App) -> None:
+    """Put the lean path in front of ``app``: from its lifespan, once the state it uses is
+    built, and only with ``LEAN_PATH``."""
+    app.lean = FastPath(app)
+
+
+def uninstall(app: App) -> None:
+    app.lean = None
+
+
+def _route(endpoint: Callable[..., Any]) -> APIRoute:
+    """The route ``endpoint`` is served on: its path, template and regex come from the router."""
+    for route in bookings.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is endpoint:
+            return route
+    raise LookupError(f"{endpoint.__name__} is not routed")
+
+
+def _middleware(app: FastAPI, cls: Any) -> dict[str, Any]:
+    """The options ``app`` was given for middleware ``cls`` (its ``add_middleware`` call)."""
+    for middleware in app.user_middleware:
+        if middleware.cls is cls:
+            return dict(middleware.kwargs)
+    raise LookupError(f"{cls.__name__} is not installed")
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._hosts: AllowedHostsMiddleware | None = None
+    def __init__(self, app: App) -> None:
+        self.app: ASGIApp = partial(FastAPI.__call__, app)
+        self.state = app.state
+        self.post_route = _route(bookings.create_booking)
+        self.get_route = _route(bookings.get_booking)
+        # The same middleware the full path runs, with the same options: one Host check.
+        self.hosts = AllowedHostsMiddleware(self.app, **_middleware(app, AllowedHostsMiddleware))
+        self.baseline = bool(app.state.settings.ENABLE_SYNC_BASELINE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._allowed_host(scope):
+        if scope["type"] == "http" and self.hosts.admits(scope):
             method, path = scope["method"], scope["path"]
-            if method == "POST" and path == POST_ROUTE:
-                await self._post(scope, receive, send, POST_ROUTE, _accept)
-                return
-            if method == "POST" and path == SYNC_ROUTE and self._baseline(scope):
-                await self._post(scope, receive, send, SYNC_ROUTE, _book_synchronously)
-                return
-            if method == "GET" and path.startswith("/api/bookings/"):
-                match = BOOKING_PATH.fullmatch(path)
+            if method == "POST":
+                if path == self.post_route.path:
+                    await self._post(scope, receive, send, self.post_route.path, _accept)
+                    return
+                if path == SYNC_ROUTE and self.baseline:
+                    await self._post(scope, receive, send, SYNC_ROUTE, _book_synchronously)
+                    return
+            elif method == "GET":
+                match = self.get_route.path_regex.match(path)
                 if match is not None:
-                    await self._get(scope, receive, send, match.group(1))
+                    await self._get(scope, receive, send, match.group("booking_id"))
                     return
         await self.app(scope, receive, send)
-
-    def _baseline(self, scope: Scope) -> bool:
-        return bool(scope["app"].state.settings.ENABLE_SYNC_BASELINE)
 
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, route: str, handle: Callable[..., Any]
@@ -150,57 +152,50 @@ class FastPath:
         if headers is None:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         # The body deadline BodyLimitMiddleware keeps on the full path (HTTP_BODY_TIMEOUT).
         # asyncio's own timeout, the lighter of the two on a path every refusal takes.
-        limit = scope["app"].state.settings.HTTP_BODY_TIMEOUT
+        limit = self.state.settings.HTTP_BODY_TIMEOUT
         try:
             async with asyncio.timeout(limit):
                 body = await _read_body(receive)
         except TimeoutError:
-            await send_error(send, 408, body_timed_out(limit))
+            rid = request_id(headers.get("x-request-id"))
+            response = error_response(408, body_timed_out(limit))
+            await self._send(scope, send, response, rid, route, started)
             return
         if body is None:
             return  # the client is gone: nothing was stored, nobody to answer
-        parsed = _booking(body)
-        user_id = None if parsed is None else self._user(scope, headers)
-        if parsed is None or user_id is None:
+        data = _booking(body)
+        user_id = None if data is None else self._user(headers)
+        if data is None or user_id is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        state = scope["app"].state
-        data = BookingCreate.model_construct(event_id=parsed[0], quantity=parsed[1])
+        state = self.state
         await self._answer(
             scope,
             send,
             headers,
             route,
+            started,
             lambda: handle(
                 state, user_id, data, headers.get("idempotency-key"), headers.get("prefer")
             ),
         )
 
-    def _allowed_host(self, scope: Scope) -> bool:
-        """The Host check of AllowedHostsMiddleware, which the full path would apply."""
-        hosts = self._hosts
-        if hosts is None:
-            hosts = self._hosts = AllowedHostsMiddleware(
-                self.app, scope["app"].state.settings.ALLOWED_HOSTS
-            )
-        if hosts.any:
-            return True
-        return hosts.allows(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
-
     async def _get(self, scope: Scope, receive: Receive, send: Send, booking_id: str) -> None:
         headers = _plain_headers(scope, body=False)
-        user_id = None if headers is None else self._user(scope, headers)
+        user_id = None if headers is None else self._user(headers)
         if headers is None or user_id is None:
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
+        state = self.state
         await self._answer(
             scope,
             send,
             headers,
-            GET_ROUTE,
+            self.get_route.path,
+            time.perf_counter(),
             lambda: read_booking(
                 state.settings,
                 state.session_factory,
@@ -211,12 +206,12 @@ class FastPath:
             ),
         )
 
-    def _user(self, scope: Scope, headers: dict[str, str]) -> int | None:
+    def _user(self, headers: dict[str, str]) -> int | None:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme != "Bearer" or not token:
             return None
         try:
-            return scope["app"].state.tokens.user_id(token)
+            return self.state.tokens.user_id(token)
         except InvalidToken:
             return None  # the full path answers it, WWW-Authenticate and all
 
@@ -226,12 +221,11 @@ class FastPath:
         send: Send,
         headers: dict[str, str],
         route: str,
+        started: float,
         handle: Callable[[], Awaitable[Response]],
     ) -> None:
-        started = time.perf_counter()
-        incoming = headers.get("x-request-id")
-        request_id = incoming[:64] if incoming else uuid.uuid4().hex
-        context = request_id_var.set(request_id)
+        rid = request_id(headers.get("x-request-id"))
+        context = request_id_var.set(rid)
         try:
             try:
                 response = await handle()
@@ -239,24 +233,17 @@ class FastPath:
                 response = await _handled(scope, exc)
         finally:
             request_id_var.reset(context)
-        raw = response.raw_headers
-        raw.append((b"x-request-id", request_id.encode("latin-1")))
+        await self._send(scope, send, response, rid, route, started)
+
+    async def _send(
+        self, scope: Scope, send: Send, response: Response, rid: str, route: str, started: float
+    ) -> None:
+        """Send an answer finished and counted as the full path's middlewares would."""
+        raw = finish_headers(response.raw_headers, rid)
         status = response.status_code
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": response.body})
-        counter, timer = self._metric(scope["method"], route, status)
-        counter.inc()
-        timer.observe(time.perf_counter() - started)
-
-    def _metric(self, method: str, route: str, status: int) -> tuple[Any, Any]:
-        key = (method, route, status)
-        found = self._metrics.get(key)
-        if found is None:
-            found = self._metrics[key] = (
-                REQUESTS.labels(method, route, str(status)),
-                REQUEST_SECONDS.labels(method, route),
-            )
-        return found
+        observe_request(scope["method"], route, status, time.perf_counter() - started)
 
 
 # Headers the lean path understands; any other is harmless (ignored by the routes too),
@@ -318,20 +305,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def _booking(body: bytes) -> tuple[int, int] | None:
-    """(eventId, quantity) of a body the schema would accept as it is; None for anything else."""
+def _booking(body: bytes) -> BookingCreate | None:
+    """The body as the schema reads it (strictly, from JSON, as the full path reads it); None
+    for anything it refuses, which the full path then answers."""
     try:
-        data = json.loads(body)
-    except ValueError:
+        return BookingCreate.model_validate_json(body)
+    except ValidationError:
         return None
-    if type(data) is not dict or not data.keys() <= {"eventId", "quantity"}:
-        return None
-    event_id, quantity = data.get("eventId"), data.get("quantity", 1)
-    if type(event_id) is not int or type(quantity) is not int:
-        return None  # bools, floats and strings: pydantic's own rules decide
-    if not (1 <= event_id <= MAX_ID and 1 <= quantity <= MAX_QUANTITY):
-        return None
-    return event_id, quantity
 
 
 async def _handled(scope: Scope, exc: Exception) -> Response:

@@ -110,6 +110,21 @@ def track_websocket() -> Iterator[None]:
 
 # ---------------------------------------------------------------- request metrics
 
+_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count and time one answered request: the middleware below and the lean path both."""
+    key = (method, route, status)
+    series = _series.get(key)
+    if series is None:  # looked up once per series: labels() costs a lock and a dict
+        series = _series[key] = (
+            REQUESTS.labels(method, route, str(status)),
+            REQUEST_SECONDS.labels(method, route),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
 
 class MetricsMiddleware:
     """Counts and times every HTTP request under its route template (``/api/events/{event_id}``),
@@ -135,9 +150,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            method = scope["method"]
-            REQUESTS.labels(method, route, str(status)).inc()
-            REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - start)
+            observe_request(scope["method"], route, status, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- access

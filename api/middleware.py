@@ -1,9 +1,14 @@
 """Pure ASGI middleware: a request id on every request (and its 500s), allowed hosts, CORS
-refusals in the envelope and a cap on body size and time."""
+refusals in the envelope and a cap on body size and time.
+
+What every answer carries (``finish_headers``), which Host a request names (``request_host``),
+its request id (``request_id``) and how a refusal is rendered (``error_response``) are each
+written once here: the lean path (api/fastpath.py) uses the same functions.
+"""
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from contextvars import ContextVar
 
@@ -21,20 +26,68 @@ MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-async def send_error(send: Send, status: int, body: dict) -> None:
-    content = json.dumps(body).encode()
+# An incoming X-Request-ID is kept when it is visible ASCII (cut to 64 characters): it goes
+# into log lines and back out as a header, where anything else would be read differently.
+_REQUEST_ID = re.compile(r"[!-~]+")
+
+
+def request_id(incoming: str | None) -> str:
+    """The request's id: the client's ``X-Request-ID`` (latin-1 decoded, as ASGI gives it) if
+    it is visible ASCII, cut to 64 characters; else a new one."""
+    if incoming:
+        incoming = incoming[:64]
+        if _REQUEST_ID.fullmatch(incoming):
+            return incoming
+    return uuid.uuid4().hex
+
+
+def finish_headers(headers: list[tuple[bytes, bytes]], rid: str) -> list[tuple[bytes, bytes]]:
+    """What every HTTP answer carries, whichever path built it: its request id, and
+    ``Vary: Origin`` (CORS headers depend on the Origin, so no cache may give one origin's
+    answer to another)."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"vary":
+            if b"origin" not in value.lower():
+                headers[index] = (name, value + b", Origin")
+            break
+    else:
+        headers.append((b"vary", b"Origin"))
+    headers.append((b"x-request-id", rid.encode("ascii")))
+    return headers
+
+
+def error_response(status: int, body: dict) -> Response:
+    """A refusal made before the app answers (Host, size, body deadline); the connection is
+    closed, since the rest of the request may still be on its way."""
+    return JSONResponse(body, status_code=status, headers={"connection": "close"})
+
+
+async def send_response(send: Send, response: Response) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                (b"connection", b"close"),
-            ],
+            "status": response.status_code,
+            "headers": response.raw_headers,
         }
     )
-    await send({"type": "http.response.body", "body": content})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def send_error(send: Send, status: int, body: dict) -> None:
+    await send_response(send, error_response(status, body))
+
+
+def request_host(scope: Scope) -> str | None:
+    """The request's one ``Host`` (latin-1, as ASGI gives it; "" if none); None when it names
+    more than one, which RFC 9112 says to refuse: the allow-list and Starlette's URLs (the
+    slash redirect's Location) would each read a different one."""
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            if host is not None:
+                return None
+            host = value
+    return "" if host is None else host.decode("latin-1")
 
 
 def host_name(host: str) -> str:
@@ -62,12 +115,16 @@ class AllowedHostsMiddleware:
         name = host_name(host)
         return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
 
+    def admits(self, scope: Scope) -> bool:
+        """One Host, and an allowed one (any, with ``*``)."""
+        host = request_host(scope)
+        return host is not None and (self.any or self.allows(host))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.any or scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-        if self.allows(host):
+        if self.admits(scope):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
@@ -173,17 +230,15 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming[:64] if incoming else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
+        rid = request_id(incoming)
+        token = request_id_var.set(rid)
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers
+                message["headers"] = finish_headers(list(message.get("headers", [])), rid)
             await send(message)
 
         try:

@@ -10,6 +10,7 @@ from fastapi import WebSocket
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.middleware import request_host
 from api.realtime.commands import BadMessage, decode, field
 from common.db import session_scope
 from common.errors import InvalidToken
@@ -27,8 +28,10 @@ def origin_allowed(settings: Settings, websocket: WebSocket) -> bool:
     allowed = settings.CORS_ORIGINS
     if "*" in allowed or origin in allowed:
         return True
-    # The API's own page (/live) is same-origin wherever the API is served.
-    return urlsplit(origin).netloc == websocket.headers.get("host")
+    # The API's own page (/live) is same-origin wherever the API is served: the one Host the
+    # allow-list checked (two Hosts name no origin).
+    host = request_host(websocket.scope)
+    return host is not None and urlsplit(origin).netloc == host
 
 
 async def authenticate(

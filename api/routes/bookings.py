@@ -69,7 +69,11 @@ def wait_seconds(prefer: str | None, limit: int) -> int:
     if not prefer:
         return 0
     match = PREFER_WAIT.search(prefer)
-    return min(int(match.group(1)), limit) if match else 0
+    if match is None:
+        return 0
+    # Compared as text first: int() refuses more than 4,300 digits, and any such wait is long.
+    digits = match.group(1).lstrip("0") or "0"
+    return limit if len(digits) > len(str(limit)) else min(int(digits), limit)
 
 
 def _read(booking: Booking) -> dict[str, Any]:

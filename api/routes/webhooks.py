@@ -71,7 +71,7 @@ def list_webhooks(
 
 
 @router.get(
-    "/{webhook_id}", response_model=Envelope[WebhookRead], responses=error_responses(401, 404)
+    "/{webhook_id}", response_model=Envelope[WebhookRead], responses=error_responses(400, 401, 404)
 )
 def get_webhook(webhook_id: int, session: SessionDep, user: CurrentUser) -> dict:
     """With ``disabledReason`` when the deliverer turned it off."""
@@ -97,7 +97,9 @@ def update_webhook(
     return ok(WebhookRead.model_validate(endpoint))
 
 
-@router.delete("/{webhook_id}", response_model=Envelope[dict], responses=error_responses(401, 404))
+@router.delete(
+    "/{webhook_id}", response_model=Envelope[dict], responses=error_responses(400, 401, 404)
+)
 def delete_webhook(webhook_id: int, session: SessionDep, user: CurrentUser) -> dict:
     """The endpoint, its undelivered messages and its log are gone."""
     service.delete_endpoint(session, user, webhook_id)
@@ -151,7 +153,7 @@ def list_deliveries(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Envelope[Redelivered],
-    responses=error_responses(401, 404),
+    responses=error_responses(400, 401, 404),
 )
 def redeliver_one(
     webhook_id: int, delivery_id: int, session: SessionDep, user: CurrentUser, kick: KickDep

@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from common.schemas import Page, ReadSchema, WriteSchema, trimmed
+from common.schemas import DateTimeText, Page, ReadSchema, WriteSchema, trimmed
 
 MAX_CAPACITY = 1_000_000
 MAX_HOLD_SECONDS = 7 * 24 * 3600  # a week
@@ -33,7 +33,7 @@ class EventCreate(WriteSchema):
     name: EventName
     description: Description | None = None
     venue: Venue | None = None
-    event_date: AwareDatetime
+    event_date: DateTimeText
     seat_capacity: int = Field(ge=1, le=MAX_CAPACITY)
     max_seats_per_user: int = Field(default=10, ge=1, le=MAX_CAPACITY)
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
@@ -49,7 +49,7 @@ class EventUpdate(WriteSchema):
     name: EventName | None = None
     description: Description | None = None
     venue: Venue | None = None
-    event_date: AwareDatetime | None = None
+    event_date: DateTimeText | None = None
     seat_capacity: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     max_seats_per_user: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
