@@ -7,10 +7,17 @@ PostgreSQL, so a second delivery changes nothing. The broker is Redis (``REDIS_U
 the hard time limit stays well below the visibility timeout, so a task still running is never
 handed to a second worker by the broker; RabbitMQ redelivers only when the consumer's
 connection closes, and ignores the option.
+
+A hold's expiry drain is a task with an ``eta`` at the hold's end (common/bookings/holds.py):
+the worker fetches it at once and keeps it unacknowledged until then. The Redis transport
+hands a message unacknowledged longer than the visibility timeout to another worker, and again
+every timeout after, so the timeout exceeds the longest hold (Celery docs, "Using Redis",
+"Caveats"). A copy that slips through anyway only drains an event again, which is idempotent.
 """
 
 from kombu import Queue
 
+from common.events.schemas import MAX_HOLD_SECONDS
 from common.settings import get_settings
 from common.tasks import (
     BOOKINGS_QUEUE,
@@ -19,6 +26,7 @@ from common.tasks import (
     PROCESS_EVENT,
     SWEEP,
     SWEEP_WEBHOOKS,
+    WARN_HOLDS,
     WEBHOOKS_QUEUE,
 )
 
@@ -36,7 +44,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_time_limit = 120
 task_soft_time_limit = 100
-broker_transport_options = {"visibility_timeout": 300}
+# The longest hold's eta, plus an hour for a timer set late (docs/RELIABILITY.md, "Holds").
+broker_transport_options = {"visibility_timeout": MAX_HOLD_SECONDS + 3600}
 broker_connection_retry_on_startup = True
 
 worker_prefetch_multiplier = 1
@@ -49,6 +58,7 @@ task_queues = (Queue(BOOKINGS_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(WEBHOOKS_Q
 task_routes = {
     PROCESS_EVENT: {"queue": BOOKINGS_QUEUE},
     SWEEP: {"queue": MAINTENANCE_QUEUE},
+    WARN_HOLDS: {"queue": BOOKINGS_QUEUE},
     DELIVER_WEBHOOKS: {"queue": WEBHOOKS_QUEUE},
     SWEEP_WEBHOOKS: {"queue": MAINTENANCE_QUEUE},
 }

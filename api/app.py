@@ -27,7 +27,7 @@ from api.realtime.fanout import dispatch, install
 from api.realtime.frames import RawSend
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
-from api.routes import auth, bookings, dashboard, events, health, pages, webhooks, ws
+from api.routes import auth, bookings, dashboard, events, health, pages, payments, webhooks, ws
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeWriter
 from common.bookings.signals import signal_event
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bookings.router,
         webhooks.router,
         dashboard.router,
+        payments.router,
         metrics.router,
         pages.router,
     ):

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import anyio
 import redis
 import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import Depends
 from fastapi.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -58,6 +59,8 @@ AsyncRedisDep = Annotated[aioredis.Redis, Depends(app_state("aredis"))]  # async
 # common.bookings.signals.signal_event bound to the app's clients: queue a drain for an event.
 SignalDep = Annotated[Signal, Depends(app_state("signal"))]
 HubDep = Annotated[Hub, Depends(app_state("hub"))]
+# The producer-only Celery client (api.app.build_task_sender): tasks by name, e.g. hold timers.
+TaskSenderDep = Annotated[Celery, Depends(app_state("celery"))]
 # At most BCRYPT_CONCURRENCY password hashes at once in this process (api/routes/auth.py).
 BcryptLimiterDep = Annotated[anyio.CapacityLimiter, Depends(app_state("bcrypt_limiter"))]
 RealtimeDep = Annotated[ConnectionManager, Depends(app_state("realtime"))]

@@ -117,26 +117,41 @@ def create_admin(
 
 
 @app.command("check")
-def check() -> None:
-    """Verify available_seats + confirmed seats = capacity for every event, that nobody waits on
-    a waitlist while its head fits the free seats or for more seats than the event holds, and
-    each event's line cursor; exit 1 if not."""
-    from common.bookings.procedures import seat_invariant_violations, waitlist_violations
+def check(
+    hold_grace: float | None = typer.Option(
+        None,
+        "--hold-grace",
+        help="seconds a hold may outlive its end before it is reported (default: what the"
+        " sweeper promises, SWEEP_PENDING_AFTER + SWEEP_INTERVAL)",
+    ),
+) -> None:
+    """Verify available_seats + confirmed + held seats = capacity for every event, that nobody
+    waits on a waitlist while its head fits the free seats or for more seats than the event
+    holds, each event's line cursor, and that no hold outlived its end; exit 1 if not."""
+    from common.bookings.procedures import (
+        hold_violations,
+        seat_invariant_violations,
+        waitlist_violations,
+    )
     from common.db import session_scope
 
+    settings = get_settings()
+    if hold_grace is None:
+        hold_grace = settings.SWEEP_PENDING_AFTER + settings.SWEEP_INTERVAL
     with session_scope(_session_factory()) as session:
         violations: list[Mapping[str, object]] = [
             *seat_invariant_violations(session),
             *waitlist_violations(session),
+            *hold_violations(session, hold_grace),
         ]
     if violations:
         for row in violations:
-            typer.echo(f"VIOLATION {json.dumps(row)}", err=True)
+            typer.echo(f"VIOLATION {json.dumps(row, default=str)}", err=True)
         raise typer.Exit(1)
     typer.echo(
-        "ok: available_seats + confirmed seats = capacity for every event;"
+        "ok: available_seats + confirmed + held seats = capacity for every event;"
         " no waitlist stuck while seats are free or behind a request the event cannot hold;"
-        " every line cursor matches its rows"
+        " every line cursor matches its rows; no hold outlived its end"
     )
 
 
@@ -157,13 +172,16 @@ def queue(as_json: bool = typer.Option(False, "--json")) -> None:
                 func.count().filter(Booking.status == "pending"),
                 func.count().filter(
                     Booking.cancel_requested_at.is_not(None),
-                    Booking.status.in_(("pending", "confirmed")),
+                    Booking.status.in_(("pending", "waitlisted", "held", "confirmed")),
                 ),
                 func.min(Booking.created_at).filter(Booking.status == "pending"),
             )
             .where(
                 (Booking.status == "pending")
-                | (Booking.cancel_requested_at.is_not(None) & (Booking.status == "confirmed"))
+                | (
+                    Booking.cancel_requested_at.is_not(None)
+                    & Booking.status.in_(("waitlisted", "held", "confirmed"))
+                )
             )
             .group_by(Booking.event_id)
             .order_by(Booking.event_id)

@@ -7,7 +7,9 @@ DomainError (500 INTERNAL_ERROR)
 │   └── DestinationRefused (400 WEBHOOK_URL_REFUSED)
 ├── Unauthorized (401 UNAUTHORIZED)
 │   ├── InvalidCredentials (401 INVALID_CREDENTIALS)
-│   └── InvalidToken (401 INVALID_TOKEN)
+│   ├── InvalidToken (401 INVALID_TOKEN)
+│   ├── PaymentSignatureInvalid (401 PAYMENT_SIGNATURE_INVALID)
+│   └── PaymentTimestampStale (401 PAYMENT_TIMESTAMP_STALE)
 ├── Forbidden (403 FORBIDDEN)
 ├── NotFound (404 NOT_FOUND)
 │   ├── EventNotFound (404 EVENT_NOT_FOUND)
@@ -24,6 +26,8 @@ DomainError (500 INTERNAL_ERROR)
 │   ├── CapacityLowered (409 CAPACITY_LOWERED)
 │   ├── AlreadyCancelled (409 ALREADY_CANCELLED)
 │   ├── BookingRejected (409 BOOKING_REJECTED)
+│   ├── HoldExpired (409 HOLD_EXPIRED)
+│   ├── NotHeld (409 NOT_HELD)
 │   └── IdempotencyKeyReused (409 IDEMPOTENCY_KEY_REUSED)
 ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
 ├── TooManyRequests (429 TOO_MANY_REQUESTS)
@@ -31,7 +35,8 @@ DomainError (500 INTERNAL_ERROR)
 │   ├── TooManySignUps (429 TOO_MANY_SIGNUPS)
 │   └── TooManyPending (429 TOO_MANY_PENDING)
 └── ServiceUnavailable (503 SERVICE_UNAVAILABLE)
-    └── QueueFull (503 QUEUE_FULL)
+    ├── QueueFull (503 QUEUE_FULL)
+    └── PaymentsNotConfigured (503 PAYMENTS_NOT_CONFIGURED)
 """
 
 from __future__ import annotations
@@ -86,6 +91,16 @@ class InvalidCredentials(Unauthorized):
 class InvalidToken(Unauthorized):
     code = "INVALID_TOKEN"
     default_message = "Invalid or expired token"
+
+
+class PaymentSignatureInvalid(Unauthorized):
+    code = "PAYMENT_SIGNATURE_INVALID"
+    default_message = "The payment callback's Standard Webhooks signature does not verify"
+
+
+class PaymentTimestampStale(Unauthorized):
+    code = "PAYMENT_TIMESTAMP_STALE"
+    default_message = "The payment callback's webhook-timestamp is outside the tolerance"
 
 
 class Forbidden(DomainError):
@@ -171,6 +186,16 @@ class BookingRejected(Conflict):
     default_message = "The booking was rejected and cannot be cancelled"
 
 
+class HoldExpired(Conflict):
+    code = "HOLD_EXPIRED"
+    default_message = "The hold has expired: its seats went back on sale"
+
+
+class NotHeld(Conflict):
+    code = "NOT_HELD"
+    default_message = "The booking is not held: there is nothing to confirm"
+
+
 class IdempotencyKeyReused(Conflict):
     code = "IDEMPOTENCY_KEY_REUSED"
     default_message = "This Idempotency-Key was already used with a different request"
@@ -228,3 +253,8 @@ REJECTIONS: dict[str, type[DomainError]] = {
     "event_past": EventPast,
     "capacity_lowered": CapacityLowered,
 }
+
+
+class PaymentsNotConfigured(ServiceUnavailable):
+    code = "PAYMENTS_NOT_CONFIGURED"
+    default_message = "Payment callbacks are not configured (PAYMENT_WEBHOOK_SECRET)"

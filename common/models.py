@@ -3,6 +3,7 @@
 from common.bookings.models import Booking, BookingLog
 from common.db import Base
 from common.events.models import Event
+from common.payments.models import PaymentCallback
 from common.users.models import User
 from common.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
@@ -11,6 +12,7 @@ __all__ = [
     "Booking",
     "BookingLog",
     "Event",
+    "PaymentCallback",
     "User",
     "WebhookAttempt",
     "WebhookEndpoint",

@@ -78,6 +78,21 @@ class Settings(BaseSettings):
         default=50_000, ge=1, description="requests one event's line may hold; then 503"
     )
 
+    # Holds and payments (docs/API.md, "Holds and payment").
+    HOLD_WARNING_SECONDS: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds before a hold ends that its owner is warned (hold_expiring); 0: never",
+    )
+    PAYMENT_WEBHOOK_SECRET: SecretStr | None = Field(
+        default=None,
+        description="the Standard Webhooks secret (whsec_...) payment callbacks are signed with;"
+        " unset: POST /api/payments/callback answers 503 PAYMENTS_NOT_CONFIGURED",
+    )
+    PAYMENT_WEBHOOK_TOLERANCE: int = Field(
+        default=300, ge=1, le=300, description="seconds a callback's webhook-timestamp may be off"
+    )
+
     # Webhooks (docs/WEBHOOKS.md).
     WEBHOOK_ALLOWED_NETWORKS: Annotated[list[str] | None, NoDecode] = Field(
         default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 PROCESS_EVENT = "bookings.process_event"
 SWEEP = "bookings.sweep"
+WARN_HOLDS = "bookings.warn_holds"
 DELIVER_WEBHOOKS = "webhooks.deliver"
 SWEEP_WEBHOOKS = "webhooks.sweep"
 

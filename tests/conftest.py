@@ -68,7 +68,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 RUN_DIR = ROOT / ".run" / f"test-{make_url(TEST_DATABASE_URL).database}"
 # In the order the worker's procedure locks them (event row, bookings, logs), so a worker still
 # finishing a stale task and the truncate between tests wait for each other instead of deadlocking.
-TABLES = "events, bookings, booking_logs, users"
+TABLES = "events, bookings, booking_logs, users, payment_callbacks"
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +204,25 @@ def make_event(session_factory: sessionmaker[Session]) -> Callable[..., Event]:
             session.add(event)
             session.commit()
             return event
+
+    return make
+
+
+@pytest.fixture
+def hold_event(
+    session_factory: sessionmaker[Session], make_event: Callable[..., Event]
+) -> Callable[..., Event]:
+    """An event whose accepted requests are held ``seconds`` (and its waitlist on if asked)."""
+
+    def make(seconds: int = 600, waitlist: bool = False, **options: object) -> Event:
+        event = make_event(**options)
+        with session_factory() as session:
+            session.execute(
+                text("UPDATE events SET hold_seconds = :s, waitlist_enabled = :w WHERE id = :id"),
+                {"s": seconds, "w": waitlist, "id": event.id},
+            )
+            session.commit()
+        return event
 
     return make
 

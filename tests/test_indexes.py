@@ -18,11 +18,17 @@ USES = {
     ),
     "idx_bookings_cancel_requested": (
         "SELECT b.id FROM bookings b WHERE b.event_id = 1 AND b.cancel_requested_at IS NOT NULL"
-        " AND b.status IN ('pending', 'waitlisted', 'confirmed') ORDER BY b.id LIMIT 500"
+        " AND b.status IN ('pending', 'waitlisted', 'confirmed', 'held') ORDER BY b.id LIMIT 500"
+    ),
+    "idx_bookings_held_expiry": (
+        "SELECT b.id FROM bookings b WHERE b.event_id = 1 AND b.status = 'held'"
+        " AND b.expires_at <= now() AND b.cancel_requested_at IS NULL"
+        " ORDER BY b.expires_at, b.id LIMIT 500"
     ),
     "idx_bookings_held_user": (
         "SELECT coalesce(sum(b.quantity), 0) FROM bookings b"
-        " WHERE b.event_id = 1 AND b.user_id = 1 AND b.status IN ('confirmed', 'waitlisted')"
+        " WHERE b.event_id = 1 AND b.user_id = 1"
+        " AND b.status IN ('confirmed', 'held', 'waitlisted')"
     ),
     "idx_bookings_event_id_id": "SELECT * FROM bookings WHERE event_id = 1 ORDER BY id LIMIT 50",
     "idx_bookings_user_id": (
@@ -62,7 +68,7 @@ INSERT INTO bookings (booking_id, user_id, event_id, status, reason, idempotency
                       cancel_requested_at)
 SELECT 'bk_' || g, 1 + g % 500, 1 + g % 100,
        CASE WHEN g > 19000 THEN 'pending' WHEN g > 18500 THEN 'waitlisted'
-            WHEN g % 4 = 0 THEN 'rejected' ELSE 'confirmed' END,
+            WHEN g % 4 = 0 THEN 'rejected' WHEN g % 7 = 0 THEN 'held' ELSE 'confirmed' END,
        CASE WHEN g <= 18500 AND g % 4 = 0 THEN 'sold_out' END, 'k' || g,
        CASE WHEN g <= 19000 AND g % 97 = 1 THEN now() END
 FROM generate_series(1, 20000) g;

@@ -1,6 +1,8 @@
 """A hypothesis state machine of the booking life cycle, waiting room included: book (confirmed,
 rejected or waitlisted), cancel, leave the waitlist, capacity up and down, the waitlist switched
-on and off, and the start of an event, across users and events.
+on and off, and the start of an event, across users and events. The second machine runs the
+same steps beside an event with holds (issue 21): a request there is held, and a hold is
+confirmed, expired by its timer, or confirmed too late.
 
 Every step goes through the API and a real worker (the start of an event: a date moved into the
 past in SQL, since the API refuses past dates, then the sweeper's task). Requests are sent one at
@@ -32,13 +34,22 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import text
 
-from common.bookings.procedures import seat_invariant_violations, waitlist_violations
+from common.bookings import holds
+from common.bookings.procedures import (
+    hold_violations,
+    seat_invariant_violations,
+    waitlist_violations,
+)
 from common.tasks import MAINTENANCE_QUEUE, SWEEP
 
 WAIT = {"Prefer": "wait=25"}
 MAX_PER_USER = 4
-# (capacity, waitlist on at creation): small, so that a few requests fill one and line up.
-EVENTS = ((2, True), (3, False))
+# (capacity, waitlist on at creation, holdSeconds): small, so that a few requests fill one and
+# line up. A hold long enough that only the steps end one.
+HOLD_SECONDS = 3600
+EventSpec = tuple[int, bool, int | None]
+EVENTS: tuple[EventSpec, ...] = ((2, True, None), (3, False, None))
+HOLD_EVENTS: tuple[EventSpec, ...] = ((2, True, HOLD_SECONDS), (3, False, None))
 USERS = 4
 EVENT = st.integers(0, len(EVENTS) - 1)
 # Bookings of a step are picked by an index taken modulo the candidates (shrinks well).
@@ -51,10 +62,12 @@ class Request:
     user_id: int
     event_id: int
     quantity: int
-    status: str  # confirmed | waitlisted | cancelled | rejected
+    status: str  # held | confirmed | waitlisted | cancelled | rejected | expired
     reason: str | None = None
     waitlisted: bool = False  # was ever waitlisted (then its log says so)
     promoted: bool = False
+    held: bool = False  # was ever held (then its log says held, or promoted with an end)
+    paid: bool = False  # a hold its owner confirmed (then its log says paid)
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Model:
     capacity: int
     available: int
     waitlist: bool
+    hold_seconds: int | None = None
     started: bool = False
     line: list[Request] = field(default_factory=list)  # the waitlisted, in arrival order
 
@@ -69,6 +83,7 @@ class Model:
 class BookingMachine(RuleBasedStateMachine):
     ctx: dict = {}
     seen: Counter[str] = Counter()  # what the draw exercised, over all examples
+    EVENTS = EVENTS
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,11 +92,14 @@ class BookingMachine(RuleBasedStateMachine):
         self.admin_headers = c["auth"](c["make_user"]("admin"))
         self.users = [c["make_user"]() for _ in range(USERS)]
         self.events: dict[int, Model] = {}
-        for capacity, waitlist in EVENTS:
+        for capacity, waitlist, hold_seconds in self.EVENTS:
             event = c["make_event"](capacity=capacity, max_per_user=MAX_PER_USER)
             if waitlist:
                 self.put(event.id, {"waitlistEnabled": True}, expect=200)
-            self.events[event.id] = Model(capacity, capacity, waitlist)
+            if hold_seconds:
+                data = self.put(event.id, {"holdSeconds": hold_seconds}, expect=200)["data"]
+                assert data["holdSeconds"] == hold_seconds, data
+            self.events[event.id] = Model(capacity, capacity, waitlist, hold_seconds)
         self.requests: list[Request] = []
 
     # ------------------------------------------------------------ helpers
@@ -104,20 +122,26 @@ class BookingMachine(RuleBasedStateMachine):
             for r in self.requests
             if r.user_id == user_id
             and r.event_id == event_id
-            and r.status in ("confirmed", "waitlisted")
+            and r.status in ("held", "confirmed", "waitlisted")
         )
 
     def with_status(self, status: str) -> list[Request]:
         return [r for r in self.requests if r.status == status]
 
+    def accepted(self, model: Model) -> str:
+        """What the decider makes of a request that fits: a hold on an event with holds."""
+        return "held" if model.hold_seconds else "confirmed"
+
     def promote(self, model: Model, why: str) -> None:
         """Seats came back (or the head left): the head of the line goes in while it fits; it
-        waits otherwise and nobody passes it (docs/API.md, "Waiting room")."""
+        waits otherwise and nobody passes it (docs/API.md, "Waiting room"). On an event with
+        holds it goes in held, with an end of its own."""
         if model.started:
             return
         while model.line and model.line[0].quantity <= model.available:
             head = model.line.pop(0)
-            head.status, head.promoted = "confirmed", True
+            head.status, head.promoted = self.accepted(model), True
+            head.held = head.held or head.status == "held"
             model.available -= head.quantity
             self.seen[f"promoted by {why}"] += 1
 
@@ -183,16 +207,23 @@ class BookingMachine(RuleBasedStateMachine):
         else:
             assert response.status_code == 201, response.text
             data = body["data"]
-            assert data["status"] == "confirmed" and data["queuePosition"] is None, data
+            status = self.accepted(model)
+            assert data["status"] == status and data["queuePosition"] is None, data
+            # A hold says when it ends; a confirmed booking has no end.
+            assert (data["expiresAt"] is not None) == (status == "held"), data
             model.available -= quantity
             self.requests.append(
-                Request(data["bookingId"], owner.id, event_id, quantity, "confirmed")
+                Request(
+                    data["bookingId"], owner.id, event_id, quantity, status, held=status == "held"
+                )
             )
+            if status == "held":
+                self.seen["held"] += 1
 
-    @precondition(lambda self: self.with_status("confirmed"))
+    @precondition(lambda self: self.with_status("confirmed") or self.with_status("held"))
     @rule(pick=PICK)
     def cancel(self, pick):
-        candidates = self.with_status("confirmed")
+        candidates = self.with_status("confirmed") + self.with_status("held")
         request = candidates[pick % len(candidates)]
         model = self.events[request.event_id]
         response = self.client.delete(
@@ -204,9 +235,102 @@ class BookingMachine(RuleBasedStateMachine):
             return
         assert response.status_code == 200, response.text
         assert response.json()["data"]["status"] == "cancelled"
+        if request.status == "held":
+            self.seen["cancelled a hold"] += 1
         request.status = "cancelled"
         model.available += request.quantity
         self.promote(model, "a cancellation")
+
+    # ------------------------------------------------------------ holds
+
+    @precondition(lambda self: self.with_status("held"))
+    @rule(pick=PICK)
+    def confirm(self, pick):
+        """The buyer confirms within the window: held -> confirmed, no seat moves. A second
+        confirmation answers the same and changes nothing."""
+        candidates = self.with_status("held")
+        request = candidates[pick % len(candidates)]
+        for _ in range(2):
+            response = self.client.post(
+                f"/api/bookings/{request.booking_id}/confirm", headers=self.headers(request.user_id)
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["data"]["status"] == "confirmed", response.text
+        request.status, request.paid = "confirmed", True
+        self.seen["confirmed a hold"] += 1
+
+    def end_holds(self, request: Request) -> None:
+        """Time passes the hold's end (its expires_at moved into the past, as time would), and
+        its timer fires: the drain that holds.schedule_expiry sends, with its eta now."""
+        self.db.execute(
+            text(
+                "UPDATE bookings SET expires_at = now() - interval '1 second' WHERE booking_id = :b"
+            ),
+            {"b": request.booking_id},
+        )
+        self.db.commit()
+
+    def expire_now(self, request: Request) -> None:
+        """Its timer fires; wait for the decider to expire it (a hang guard, not a timing)."""
+        holds.schedule_expiry(self.ctx["producer"], request.event_id, self.db_now())
+        deadline = time.monotonic() + 60
+        while self.status_in_db(request.booking_id) == "held":
+            assert time.monotonic() < deadline, "a hold past its end was not expired"
+            time.sleep(0.1)
+        model = self.events[request.event_id]
+        request.status = "expired"
+        model.available += request.quantity
+        self.promote(model, "an expiry")
+
+    @precondition(lambda self: self.with_status("held"))
+    @rule(pick=PICK)
+    def expire(self, pick):
+        """Nobody confirms: at its end the decider gives the seats back and promotes the
+        waitlist in the same transaction."""
+        candidates = self.with_status("held")
+        request = candidates[pick % len(candidates)]
+        self.end_holds(request)
+        self.expire_now(request)
+        self.seen["expired"] += 1
+        response = self.client.get(
+            f"/api/bookings/{request.booking_id}", headers=self.headers(request.user_id)
+        )
+        assert response.json()["data"]["status"] == "expired", response.text
+
+    @precondition(lambda self: self.with_status("held"))
+    @rule(pick=PICK)
+    def confirm_late(self, pick):
+        """The buyer confirms after the end, before the decider has expired the hold: 409
+        HOLD_EXPIRED and nothing changes (the seats stay with the hold); then its timer
+        expires it. Confirming the expired hold is refused the same."""
+        candidates = self.with_status("held")
+        request = candidates[pick % len(candidates)]
+        self.end_holds(request)
+        for when in ("before the expiry", "after the expiry"):
+            response = self.client.post(
+                f"/api/bookings/{request.booking_id}/confirm", headers=self.headers(request.user_id)
+            )
+            assert response.status_code == 409, response.text
+            assert response.json()["error"]["code"] == "HOLD_EXPIRED", response.text
+            if when == "before the expiry":
+                # Nothing changed: still held, its seats still taken (the invariants check
+                # the rest of the model against the database).
+                self.database_agrees_with_the_model()
+                assert self.status_in_db(request.booking_id) == "held"
+                self.expire_now(request)
+        self.seen["confirmed too late"] += 1
+
+    def db_now(self):
+        now = self.db.execute(text("SELECT now()")).scalar_one()
+        self.db.commit()
+        return now
+
+    def status_in_db(self, booking_id: str) -> str:
+        status = self.db.execute(
+            text("SELECT status FROM bookings WHERE booking_id = :b"), {"b": booking_id}
+        ).scalar_one()
+        self.db.commit()
+        return status
 
     @precondition(lambda self: self.with_status("waitlisted"))
     @rule(pick=PICK)
@@ -366,11 +490,11 @@ class BookingMachine(RuleBasedStateMachine):
             )
         ).all()
         assert stuck == []
-        # Per user and event: confirmed + waitlisted seats within the limit.
+        # Per user and event: held + confirmed + waitlisted seats within the limit.
         over = self.db.execute(
             text(
                 "SELECT user_id, event_id, sum(quantity) FROM bookings"
-                " WHERE status IN ('confirmed', 'waitlisted') GROUP BY user_id, event_id"
+                " WHERE status IN ('held', 'confirmed', 'waitlisted') GROUP BY user_id, event_id"
                 " HAVING sum(quantity) > :max"
             ),
             {"max": MAX_PER_USER},
@@ -428,6 +552,12 @@ class BookingMachine(RuleBasedStateMachine):
             assert ("promoted" in logged) == request.promoted, (request, logged)
             if request.promoted:
                 assert logged.index("waitlisted") < logged.index("promoted"), logged
+            # A hold's trail: held (or promoted into a hold), then at most one end.
+            assert ("held" in logged) == (request.held and not request.promoted), (request, logged)
+            assert ("paid" in logged) == request.paid, (request, logged)
+            assert ("expired" in logged) == (request.status == "expired"), (request, logged)
+            ends = [a for a in logged if a in ("paid", "expired", "cancelled")]
+            assert len(ends) <= 1, (request, logged)
 
     @invariant()
     def ebs_check_is_clean(self):
@@ -435,6 +565,7 @@ class BookingMachine(RuleBasedStateMachine):
         waitlist length out of step with the rows."""
         assert seat_invariant_violations(self.db) == []
         assert waitlist_violations(self.db) == []
+        assert hold_violations(self.db, 0) == []
         self.db.commit()
 
 
@@ -489,6 +620,38 @@ def test_booking_state_machine(machine):
         "rejected at the start",
     ):
         assert machine.seen[case] > 0, (case, machine.seen)
+
+
+class HoldMachine(BookingMachine):
+    """The same steps, the first event's requests held for payment."""
+
+    EVENTS = HOLD_EVENTS
+
+
+def test_booking_state_machine_with_holds(machine):
+    """Holds beside a plain event: held seats taken and counted in the per-user limit, each hold
+    confirmed, cancelled or expired once, an expiry's seats promoting the waitlist into holds of
+    their own, a late confirmation refused with nothing changed."""
+    HoldMachine.ctx, HoldMachine.seen = machine.ctx, machine.seen
+    run_state_machine_as_test(
+        HoldMachine,
+        settings=hypothesis_settings(
+            max_examples=15,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+    print(dict(HoldMachine.seen))
+    for case in (
+        "held",
+        "confirmed a hold",
+        "cancelled a hold",
+        "expired",
+        "confirmed too late",
+        "promoted by an expiry",
+    ):
+        assert HoldMachine.seen[case] > 0, (case, HoldMachine.seen)
 
 
 def test_the_head_leaving_lets_in_the_one_behind_who_fits(machine):

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 
 import redis
 from sqlalchemy.exc import OperationalError
 
-from common.bookings import service
+from common.bookings import holds, service
 from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
 from common.bookings.signals import resignal_event, signal_event, take_signal
 from common.db import session_scope
 from common.metrics import SWEEPER_KEY, record_decided_batch
-from common.tasks import PROCESS_EVENT, SWEEP
+from common.tasks import PROCESS_EVENT, SWEEP, WARN_HOLDS
 from worker import webhooks
 from worker.app import Resources, app, resources
 
@@ -74,8 +75,10 @@ def _publisher() -> ThreadPoolExecutor:
 
 
 def _after_batch(res: Resources, batch: list[Decision]) -> None:
-    """Runs after each batch commits: tell waiters and sockets first, then count the batch."""
+    """Runs after each batch commits: tell waiters and sockets first, set the timers of the
+    holds it made, then count the batch."""
     publish_decisions(res.redis, batch)
+    _set_hold_timers(res, batch)
     try:
         webhooks.after_batch(res, batch)
     except Exception as exc:  # the outbox is committed: the webhook sweeper sends it later
@@ -92,6 +95,33 @@ def _after_batch(res: Resources, batch: list[Decision]) -> None:
         logger.warning(
             "could not record batch metrics: %s", exc, extra={"event_id": batch[0].event_id}
         )
+
+
+def _set_hold_timers(res: Resources, batch: list[Decision]) -> None:
+    """One expiry drain and one warning per batch that held seats: its holds share an end. If
+    sending fails, the sweeper expires them (late by at most SWEEP_PENDING_AFTER + a sweep)."""
+    ends = {d.expires_at for d in batch if d.status == "held" and d.expires_at is not None}
+    for expires_at in ends:
+        try:
+            holds.schedule_expiry(app, batch[0].event_id, expires_at)
+            holds.schedule_warning(
+                app, batch[0].event_id, expires_at, res.settings.HOLD_WARNING_SECONDS
+            )
+        except Exception as exc:
+            logger.warning(
+                "could not set a hold timer: %s", exc, extra={"event_id": batch[0].event_id}
+            )
+
+
+@app.task(name=WARN_HOLDS, autoretry_for=TRANSIENT, max_retries=3, retry_backoff=0.5)
+def warn_holds(event_id: int, expires_at: str) -> dict[str, int]:
+    """``hold_expiring`` to the owners of the event's holds ending at ``expires_at`` that are
+    still held. A second delivery warns again: a repeated warning is harmless."""
+    res = resources()
+    with session_scope(res.session_factory) as session:
+        statuses = holds.warn_holds(session, event_id, datetime.fromisoformat(expires_at))
+    holds.publish_statuses(res.redis, statuses)
+    return {"eventId": event_id, "warned": len(statuses)}
 
 
 @app.task(name=SWEEP, autoretry_for=TRANSIENT, max_retries=3, retry_backoff=1)

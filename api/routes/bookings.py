@@ -29,6 +29,7 @@ from api.deps import (
     CurrentUser,
     HubDep,
     IntakeDep,
+    RedisDep,
     SeatsDep,
     SessionDep,
     SessionFactoryDep,
@@ -40,12 +41,12 @@ from api.envelope import Envelope, error_responses, ok
 from api.hub import Hub
 from api.metrics import record_accepted
 from api.seats import SeatSnapshots
-from common.bookings import service
+from common.bookings import holds, service
 from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.models import IN_LINE, Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
 from common.bookings.status import apply_decision, is_settled
-from common.db import session_scope
+from common.db import on_commit, session_scope
 from common.errors import REJECTIONS, QueueFull, SoldOut
 from common.settings import Settings
 from common.users import service as users_service
@@ -57,6 +58,8 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
 ]
+# The statuses a request's first decision gives it.
+DECIDED = ("confirmed", "held", "rejected", "waitlisted")
 # A database that cannot answer: no connection, none free, no reply (api.errors renders them 503).
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 Prefer = Annotated[str | None, Header(description="RFC 7240, e.g. `wait=10` (at most 30)")]
@@ -188,7 +191,7 @@ async def accept_booking(
         "Location": f"/api/bookings/{booking.booking_id}",
         "Preference-Applied": f"wait={wait}",
     }
-    if message is not None and message.get("status") in ("confirmed", "rejected", "waitlisted"):
+    if message is not None and message.get("status") in DECIDED:
         return _decided_response(
             apply_decision(booking, message), ok_status=status.HTTP_201_CREATED, headers=headers
         )
@@ -405,6 +408,26 @@ async def cancel_booking(
         )
     code = status.HTTP_200_OK if booking.status == "cancelled" else status.HTTP_202_ACCEPTED
     return JSONResponse(ok(_read(booking)), status_code=code)
+
+
+@router.post(
+    "/{booking_id}/confirm",
+    response_model=Envelope[BookingRead],
+    responses=error_responses(401, 404, 409),
+)
+def confirm_booking(
+    booking_id: str, session: SessionDep, user: CurrentUser, publisher: RedisDep
+) -> dict:
+    """Confirm a held booking (owner or admin) before its ``expiresAt``: 200 ``confirmed``.
+    Confirming a confirmed booking answers the same and changes nothing. 409 ``HOLD_EXPIRED``
+    once the hold has ended (nothing changes), ``NOT_HELD`` while it is still in line,
+    ``ALREADY_CANCELLED`` or ``BOOKING_REJECTED``."""
+    booking = service.get_booking(session, user, booking_id, for_update=True)
+    booking, confirmed = holds.confirm_hold(session, booking, by="buyer")
+    if confirmed:
+        message = holds.confirmed_message(booking)
+        on_commit(session, lambda: holds.publish_statuses(publisher, [message]))
+    return ok(_read(booking))
 
 
 @router.get(

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import CurrentUser, RedisDep, SessionDep
+from api.deps import CurrentUser, RedisDep, SessionDep, TaskSenderDep
 from api.envelope import Envelope, error_responses, ok
 from common.events import service
 from common.events.schemas import EventCreate, EventPage, EventRead, EventUpdate
@@ -47,11 +47,16 @@ def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> d
     responses=error_responses(400, 401, 403, 404, 409, 413),
 )
 def update_event(
-    event_id: int, body: EventUpdate, session: SessionDep, user: CurrentUser, publisher: RedisDep
+    event_id: int,
+    body: EventUpdate,
+    session: SessionDep,
+    user: CurrentUser,
+    publisher: RedisDep,
+    sender: TaskSenderDep,
 ) -> dict:
     """Admin or creator; not once the event has started. Capacity never drops below the seats
-    already confirmed; available seats are recomputed from it."""
-    event = service.update_event(session, user, event_id, body, publisher)
+    already confirmed or held; available seats are recomputed from it."""
+    event = service.update_event(session, user, event_id, body, publisher, sender)
     return ok(EventRead.model_validate(event))
 
 

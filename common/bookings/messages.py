@@ -1,12 +1,13 @@
 """What the booking pipeline publishes after each committed batch.
 
 To the event's channel, one message per batch (never one per booking): ``booking_created``
-(only confirmations), ``booking_cancelled`` (only cancellations) or ``seat_update`` (both) when
-the batch confirmed or cancelled anything, else ``line_update`` (requests waitlisted or
-rejected: only the line moved). All four carry the same seat fields, the event's ``version``,
-the batch's counts (``promoted`` ones, confirmed from the waitlist, are also in ``confirmed``)
-and the event's ``line`` after it: ``through`` and ``gone`` (its cursor, common/bookings/line.py),
-``waiting`` (the line's length) and ``waitlisted`` (the waitlist's).
+(only confirmations and holds), ``booking_cancelled`` (only cancellations and expiries) or
+``seat_update`` (both) when the batch took or gave back seats, else ``line_update`` (requests
+waitlisted or rejected: only the line moved). All four carry the same seat fields, the event's
+``version``, the batch's counts (``promoted`` ones, confirmed or held from the waitlist, are also
+in ``confirmed`` or ``held``) and the event's ``line`` after it: ``through`` and ``gone`` (its
+cursor, common/bookings/line.py), ``waiting`` (the line's length) and ``waitlisted``
+(the waitlist's).
 To the decisions channel, one ``booking_statuses`` message per batch: the ``booking_status`` of
 every decided request with its owner's ``userId``; each API process hands each one to its
 waiters and to that user's sockets (as ``booking_status``, without ``userId``).
@@ -28,12 +29,16 @@ def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | 
     if not decisions:
         return None
     confirmed = sum(1 for d in decisions if d.status == "confirmed")
+    held = sum(1 for d in decisions if d.status == "held")
     cancelled = sum(1 for d in decisions if d.status == "cancelled")
+    expired = sum(1 for d in decisions if d.status == "expired")
     waitlisted = sum(1 for d in decisions if d.status == "waitlisted")
-    if confirmed and cancelled:
+    # A hold takes seats as a confirmation does; an expiry gives them back as a cancellation.
+    taken, freed = confirmed + held, cancelled + expired
+    if taken and freed:
         kind = "seat_update"
-    elif confirmed or cancelled:
-        kind = "booking_created" if confirmed else "booking_cancelled"
+    elif taken or freed:
+        kind = "booking_created" if taken else "booking_cancelled"
     else:
         kind = "line_update"
     last = decisions[-1]
@@ -45,7 +50,9 @@ def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | 
         "timestamp": now_iso(),
         "confirmed": confirmed,
         "cancelled": cancelled,
-        "rejected": len(decisions) - confirmed - cancelled - waitlisted,
+        "held": held,
+        "expired": expired,
+        "rejected": len(decisions) - confirmed - held - cancelled - expired - waitlisted,
         "waitlisted": waitlisted,
         "promoted": sum(1 for d in decisions if d.promoted),
         "line": {
@@ -69,6 +76,7 @@ def status_message(decision: Decision, timestamp: str | None = None) -> dict[str
         "queueSeq": decision.queue_seq,
         "queuePosition": decision.queue_position,
         "promoted": decision.promoted,
+        "expiresAt": decision.expires_at.isoformat() if decision.expires_at else None,
         "timestamp": timestamp or now_iso(),
     }
 

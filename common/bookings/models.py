@@ -18,10 +18,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from common.db import Base, TimestampMixin
 
-STATUSES = ("pending", "waitlisted", "confirmed", "rejected", "cancelled")
+STATUSES = ("pending", "waitlisted", "held", "confirmed", "rejected", "cancelled", "expired")
 # A request still in its event's line: it has a queuePosition (common/bookings/line.py).
 IN_LINE = ("pending", "waitlisted")
 REASONS = ("sold_out", "limit_exceeded", "event_past", "capacity_lowered")
+# A booking whose seats are taken: what the seat invariant counts against the capacity.
+TAKING = ("held", "confirmed")
 
 
 class Booking(TimestampMixin, Base):
@@ -29,7 +31,8 @@ class Booking(TimestampMixin, Base):
     __allow_unmapped__ = True  # queue_position, below, is no column
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'waitlisted', 'confirmed', 'rejected', 'cancelled')",
+            "status IN ('pending', 'waitlisted', 'held', 'confirmed', 'rejected', 'cancelled',"
+            " 'expired')",
             name="status",
         ),
         CheckConstraint("quantity > 0", name="quantity"),
@@ -55,7 +58,7 @@ class Booking(TimestampMixin, Base):
             "event_id",
             "id",
             postgresql_where=(
-                "status IN ('pending', 'waitlisted', 'confirmed')"
+                "status IN ('pending', 'waitlisted', 'confirmed', 'held')"
                 " AND cancel_requested_at IS NOT NULL"
             ),
         ),
@@ -64,7 +67,14 @@ class Booking(TimestampMixin, Base):
             "idx_bookings_held_user",
             "event_id",
             "user_id",
-            postgresql_where="status IN ('confirmed', 'waitlisted')",
+            postgresql_where="status IN ('confirmed', 'held', 'waitlisted')",
+        ),
+        # Holds by their end: the expiry step, the next expiry to schedule, the sweeper.
+        Index(
+            "idx_bookings_held_expiry",
+            "event_id",
+            "expires_at",
+            postgresql_where="status = 'held'",
         ),
     )
 
@@ -84,6 +94,8 @@ class Booking(TimestampMixin, Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a held booking expires unless confirmed (its event's hold_seconds after the decision).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The request's number in its event's line, 1, 2, 3, ... in arrival order, given by the
     # database (trigger assign_queue_seq); never set it here.
     queue_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")

@@ -61,6 +61,15 @@ def seat_invariant_violations(session: Session) -> list[dict[str, int]]:
     return [dict(row) for row in rows]
 
 
+def hold_violations(session: Session, grace_seconds: float) -> list[dict[str, object]]:
+    """Holds more than ``grace_seconds`` past their end that are still held (their timer and
+    the sweeper both missed them), and holds without an end."""
+    rows = session.execute(
+        text("SELECT * FROM hold_violations(:grace)"), {"grace": grace_seconds}
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
 def waitlist_violations(session: Session) -> list[dict[str, object]]:
     """What is wrong with the waiting room: a waitlist stuck while its head fits the free
     seats, a waitlisted request larger than its event, a line cursor or waitlist length that

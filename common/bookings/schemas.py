@@ -7,7 +7,7 @@ from pydantic import Field
 
 from common.schemas import Page, ReadSchema, WriteSchema
 
-Status = Literal["pending", "waitlisted", "confirmed", "rejected", "cancelled"]
+Status = Literal["pending", "waitlisted", "held", "confirmed", "rejected", "cancelled", "expired"]
 Reason = Literal["sold_out", "limit_exceeded", "event_past", "capacity_lowered"]
 MAX_QUANTITY = 1000
 
@@ -28,6 +28,10 @@ class BookingRead(ReadSchema):
     decided_at: datetime | None
     cancel_requested_at: datetime | None
     cancelled_at: datetime | None
+    expires_at: datetime | None = Field(
+        default=None,
+        description="While held: when the hold ends unless confirmed (then expired); kept after",
+    )
     queue_seq: int = Field(description="The request's number in its event's line (1, 2, 3, ...)")
     queue_position: int | None = Field(
         default=None,
@@ -75,3 +79,4 @@ class Decision(ReadSchema):
     line_gone: list[int]
     line_waiting: int  # the line's length
     waitlist_length: int
+    expires_at: datetime | None = None  # a hold's end

@@ -29,6 +29,7 @@ from common.errors import (
     EventNotFound,
     EventPast,
     Forbidden,
+    HoldExpired,
     IdempotencyKeyReused,
     InvalidToken,
     QueueFull,
@@ -373,6 +374,8 @@ def request_cancellation(session: Session, actor: User, booking_id: str, signal:
         raise AlreadyCancelled()
     if booking.status == "rejected":
         raise BookingRejected()
+    if booking.status == "expired":
+        raise HoldExpired("The hold has expired: its seats are back on sale already")
     if booking.cancel_requested_at is not None:
         return booking
     event = session.get(Event, booking.event_id)
@@ -527,17 +530,21 @@ def pending_event_ids(session: Session, older_than_seconds: float) -> list[int]:
     """Events with a request waiting longer than it should that no drain is working on: their
     signal or task was lost. (A hot event's backlog is older than that while it drains.) And
     events that have started with requests still waitlisted: nothing else tells the decider
-    to reject them (``event_past``)."""
+    to reject them (``event_past``). And events with holds that ended longer ago than that
+    and are still held: their expiry timer was lost."""
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
     pending = select(Booking.event_id).where(
         Booking.status == "pending", Booking.created_at < cutoff
     )
     cancelling = select(Booking.event_id).where(
-        Booking.status.in_(("pending", "waitlisted", "confirmed")),
+        Booking.status.in_(("pending", "waitlisted", "held", "confirmed")),
         Booking.cancel_requested_at < cutoff,
     )
     started = select(Event.id).where(Event.waitlist_length > 0, Event.event_date <= func.now())
-    waiting = set(session.scalars(pending.union(cancelling, started)))
+    # Holds past their end that their timer did not expire (a lost task, a dead worker, Redis
+    # lost with the task): idx_bookings_held_expiry.
+    lapsed = select(Booking.event_id).where(Booking.status == "held", Booking.expires_at < cutoff)
+    waiting = set(session.scalars(pending.union(cancelling, started, lapsed)))
     return sorted(waiting - procedures.events_being_drained(session))
 
 

@@ -30,6 +30,7 @@ class Event(TimestampMixin, Base):
         ),
         CheckConstraint("max_seats_per_user > 0", name="max_seats_per_user"),
         CheckConstraint("waitlist_length >= 0", name="waitlist_length"),
+        CheckConstraint("hold_seconds IS NULL OR hold_seconds > 0", name="hold_seconds"),
         Index("idx_events_event_date", "event_date"),
         Index(
             "idx_events_available_seats",
@@ -51,6 +52,8 @@ class Event(TimestampMixin, Base):
     image_url: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     waitlist_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    # Accepted requests are held this long for payment, then expire (None: confirmed at once).
+    hold_seconds: Mapped[int | None] = mapped_column(Integer)
     # The line (pending and waitlisted requests, common/bookings/line.py), kept by the decider:
     # every queue_seq up to line_through has left it; line_gone holds those above that left out
     # of turn, ascending.

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from common.schemas import DateTimeText, Page, ReadSchema, WriteSchema, trimmed
 
 MAX_CAPACITY = 1_000_000
+MAX_HOLD_SECONDS = 7 * 24 * 3600  # a week
 
 EventName = Annotated[str, Field(min_length=1, max_length=255), trimmed(1)]
 Venue = Annotated[str, Field(max_length=255), trimmed()]
@@ -38,6 +39,8 @@ class EventCreate(WriteSchema):
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
     # A request the event cannot seat is waitlisted instead of refused (docs/API.md).
     waitlist_enabled: bool = False
+    # Accepted requests are held this long for payment, then expire; None confirms at once.
+    hold_seconds: int | None = Field(default=None, ge=1, le=MAX_HOLD_SECONDS)
 
     _future = field_validator("event_date")(_in_future)
 
@@ -51,6 +54,7 @@ class EventUpdate(WriteSchema):
     max_seats_per_user: int | None = Field(default=None, ge=1, le=MAX_CAPACITY)
     image_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
     waitlist_enabled: bool | None = None
+    hold_seconds: int | None = Field(default=None, ge=1, le=MAX_HOLD_SECONDS)
 
     _future = field_validator("event_date")(_in_future)
 
@@ -82,6 +86,7 @@ class EventRead(ReadSchema):
     created_by: int | None
     waitlist_enabled: bool
     waitlist_length: int  # requests waitlisted now
+    hold_seconds: int | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -12,6 +12,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from common.bookings import procedures
+from common.bookings.holds import TaskSender, schedule_expiry
 from common.bookings.messages import publish_decisions
 from common.bookings.models import Booking
 from common.db import on_commit
@@ -86,7 +87,12 @@ def create_event(session: Session, actor: User, data: EventCreate) -> Event:
 
 
 def update_event(
-    session: Session, actor: User, event_id: int, data: EventUpdate, publisher: redis.Redis
+    session: Session,
+    actor: User,
+    event_id: int,
+    data: EventUpdate,
+    publisher: redis.Redis,
+    sender: TaskSender | None = None,
 ) -> Event:
     # The row lock orders this change with the worker's batches on the same event.
     event = get_event(session, event_id, for_update=True)
@@ -113,6 +119,10 @@ def update_event(
     on_commit(session, lambda: publish_event_updated(publisher, event))
     if promoted:
         on_commit(session, lambda: publish_decisions(publisher, promoted))
+        ends = {d.expires_at for d in promoted if d.expires_at is not None}
+        if sender is not None and ends:
+            # Without a timer the sweeper expires them, later.
+            on_commit(session, lambda: schedule_expiry(sender, event_id, min(ends)))
     return event
 
 
@@ -135,7 +145,7 @@ def delete_event(session: Session, actor: User, event_id: int, publisher: redis.
         select(
             exists().where(
                 Booking.event_id == event_id,
-                Booking.status.in_(("pending", "waitlisted", "confirmed")),
+                Booking.status.in_(("pending", "waitlisted", "held", "confirmed")),
             )
         )
     )

@@ -18,22 +18,27 @@ from standardwebhooks import Webhook
 
 # Every audit action ``a`` of booking_logs becomes the type ``booking.<a>`` (the trigger
 # write_webhook_outbox); an endpoint may subscribe to the types listed here. A new decision
-# (held, expired) is one more line.
+# is one more line.
 EVENT_TYPES = (
     "booking.confirmed",
+    "booking.held",
+    "booking.paid",
+    "booking.expired",
     "booking.waitlisted",
     "booking.promoted",
     "booking.rejected",
     "booking.cancelled",
 )
 # The status a booking has after each action, where the action's name is not the status.
-STATUS_AFTER = {"promoted": "confirmed"}
+STATUS_AFTER = {"promoted": "confirmed", "paid": "confirmed"}
 # Audit details a receiver gets, camelCased; the rest (worker, batch size) is ours.
 DETAILS = {
     "quantity": "quantity",
     "reason": "reason",
     "seats_remaining": "seatsRemaining",
     "queue_position": "queuePosition",
+    "expires_at": "expiresAt",
+    "payment_reference": "paymentReference",
 }
 SECRET_PREFIX = "whsec_"
 
@@ -59,7 +64,7 @@ def payload(
         "bookingId": booking_id,
         "eventId": event_id,
         "userId": user_id,
-        "status": STATUS_AFTER.get(action, action),
+        "status": _status_after(action, details),
         "version": log_id,
     }
     for key, name in DETAILS.items():
@@ -67,6 +72,13 @@ def payload(
             data[name] = details[key]
     body = {"type": f"booking.{action}", "timestamp": timestamp.isoformat(), "data": data}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _status_after(action: str, details: Mapping[str, Any] | None) -> str:
+    """A promotion on an event with holds is a hold: its details carry the hold's end."""
+    if action == "promoted" and details and details.get("expires_at"):
+        return "held"
+    return STATUS_AFTER.get(action, action)
 
 
 def headers(
