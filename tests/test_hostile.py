@@ -134,6 +134,7 @@ ID_ROUTES = {
     ("get", "/api/bookings/{booking_id}"): 404,
     ("delete", "/api/bookings/{booking_id}"): 404,
     ("get", "/api/bookings/{booking_id}/logs"): 404,
+    ("post", "/api/bookings/{booking_id}/confirm"): 404,
 }
 # Someone else's webhook endpoint answers like a missing one; each with a body the route accepts.
 WEBHOOK_ROUTES = {

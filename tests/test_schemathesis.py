@@ -70,7 +70,9 @@ class BearerToken:
 def api(engine):
     """uvicorn itself: schemathesis' own follow-up requests (dropping the token, say) need an
     address to go to, not an in-process app."""
-    proc = ApiProcess("schemathesis-api").start()
+    # With a payment secret, as a deployment that takes payments: without one the callback is
+    # 503 PAYMENTS_NOT_CONFIGURED by design (tests/test_payments.py), which is no schema finding.
+    proc = ApiProcess("schemathesis-api", PAYMENT_WEBHOOK_SECRET="whsec_" + "A" * 32).start()
     yield proc
     proc.stop()
 
