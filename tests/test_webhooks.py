@@ -9,17 +9,21 @@ import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
+import redis
 from sqlalchemy import text
 
 from common.bookings import procedures
 from common.settings import Settings
+from common.tasks import WEBHOOKS_QUEUE
 from common.webhooks import delivery
 from common.webhooks.deliverer import retry_delay
 from common.webhooks.messages import EVENT_TYPES
-from devstack import wait_until
-from tests.conftest import BeatProcess, WorkerProcess
+from devstack import RedisServer, wait_until
+from tests.conftest import ApiProcess, BeatProcess, WorkerProcess
 from tests.webhook_receiver import Receiver
 
 SETTLE = 120  # seconds; a hang guard only
@@ -343,3 +347,66 @@ def child_pids(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+# ---------------------------------------------------------------- Redis and the broker away
+
+
+def test_a_redis_and_broker_outage_delays_deliveries_and_loses_none(
+    client, make_user, make_event, auth, token_for, db, engine, private_broker, receiver
+):
+    """Decisions whose deliver tasks sit in the broker when it dies (a private redis-server
+    that keeps nothing: its restart loses every queued task), and bookings accepted while it is
+    down, all reach the receiver once it is back. One endpoint per event, so no later decision's
+    task sends the first event's messages by the way."""
+    server = RedisServer().start()
+    other = Receiver().start()  # each endpoint its own: a receiver verifies with one secret
+    env = {**HOOK_ENV, **private_broker, "REDIS_URL": server.url}
+    procs: list[Any] = [
+        WorkerProcess("webhooks-outage-decider", concurrency=1, **env),  # type: ignore[arg-type]
+        BeatProcess("webhooks-outage-beat", **env),
+        ApiProcess("webhooks-outage-api", **env),
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        api = procs[2]
+        admin = make_user("admin")
+        before, during = make_event(capacity=3), make_event(capacity=3)
+        secrets = {
+            e.id: create(client, auth(admin), url=r.url, eventId=e.id).json()["data"]["secret"]
+            for e, r in ((before, receiver), (during, other))
+        }
+
+        def book(event_id: int, prefer: str | None = None) -> int:
+            headers = {"Authorization": f"Bearer {token_for(make_user())}"}
+            if prefer:
+                headers["Prefer"] = prefer
+            answer = httpx.post(
+                f"{api.url}/api/bookings", json={"eventId": event_id}, headers=headers, timeout=60
+            )
+            assert answer.status_code in (201, 202, 409), answer.text
+            return int(answer.status_code != 409)  # a sold-out event refuses at intake
+
+        # Decided while no worker takes the webhooks queue: their tasks wait in the broker.
+        stored = sum(book(before.id, "wait=10") for _ in range(4))
+        wait_until(lambda: len(decided_ids(db, before.id)) >= stored, SETTLE, "decided")
+        if not private_broker:  # Redis is the broker: its deliver tasks (one a decision) are in
+            with redis.Redis.from_url(server.url) as broker:
+                wait_until(lambda: broker.llen(WEBHOOKS_QUEUE) >= stored, SETTLE, "tasks queued")
+        server.kill()
+        accepted = sum(book(during.id) for _ in range(4))  # committed while Redis is away
+        server.start()  # the same port, empty
+        procs.append(
+            WorkerProcess("webhooks-outage-hooks", concurrency=1, queues="webhooks", **env).start()  # type: ignore[arg-type]
+        )
+        first = settle(db, receiver, secrets[before.id], before.id, stored)
+        second = settle(db, other, secrets[during.id], during.id, accepted)
+        for delivered in (first, second):
+            types = [json.loads(b)["type"] for b in delivered.values()]
+            assert types.count("booking.confirmed") == 3
+    finally:
+        for proc in procs:
+            proc.stop(9)
+        server.close()
+        other.stop()
