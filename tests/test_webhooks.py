@@ -410,3 +410,118 @@ def test_a_redis_and_broker_outage_delays_deliveries_and_loses_none(
             proc.stop(9)
         server.close()
         other.stop()
+
+
+# ---------------------------------------------------------------- redelivery and order
+
+
+def first_arrivals(receiver: Receiver) -> list[dict[str, Any]]:
+    """The accepted messages' bodies in the order they first arrived."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in receiver.accepted():
+        seen.setdefault(r.headers["webhook-id"], json.loads(r.body))
+    return list(seen.values())
+
+
+def test_one_message_redelivered_goes_again_with_its_id_and_body(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    admin, stranger = make_user("admin"), make_user()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=5)
+    stored = book(client, make_user, auth, event.id, 3)
+    delivered = settle(db, receiver, made["secret"], event.id, stored)
+    path = f"/api/webhooks/{made['id']}"
+
+    def log() -> list[dict[str, Any]]:
+        return client.get(f"{path}/deliveries", headers=auth(admin)).json()["data"]["deliveries"]
+
+    # A message is recorded after it is sent: wait for the record too.
+    wait_until(lambda: {d["state"] for d in log()} == {"delivered"}, SETTLE, "recorded")
+    chosen = log()[-1]  # the oldest
+    sent = len(receiver.got)
+
+    assert (
+        client.post(f"{path}/deliveries/999999/redeliver", headers=auth(admin)).status_code == 404
+    )
+    assert (
+        client.post(f"{path}/deliveries/{chosen['id']}/redeliver", headers=auth(stranger))
+    ).status_code == 404  # not theirs: as if it did not exist
+    answer = client.post(f"{path}/deliveries/{chosen['id']}/redeliver", headers=auth(admin))
+    assert answer.status_code == 202 and answer.json()["data"]["redelivered"] == 1
+    wait_until(lambda: len(receiver.accepted()) > sent, SETTLE, "the redelivery")
+    again = receiver.accepted()[sent]
+    assert again.headers["webhook-id"] == chosen["messageId"]
+    assert again.body == delivered[chosen["messageId"]]  # the same bytes, signed afresh
+    assert set(receiver.verified_ids(made["secret"])) == set(delivered)
+    wait_until(
+        lambda: next(d for d in log() if d["id"] == chosen["id"])["attempts"] == 2,
+        SETTLE,
+        "the second attempt in the log",
+    )
+    assert [d["attempts"] for d in log() if d["id"] != chosen["id"]] == [1] * (stored - 1)
+
+
+def test_everything_since_a_time_is_redelivered_oldest_first_and_nothing_before(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    admin = make_user("admin")
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    early, late = make_event(capacity=5), make_event(capacity=5)
+    settle(db, receiver, made["secret"], early.id, book(client, make_user, auth, early.id, 2))
+    db.rollback()
+    since = db.execute(text("SELECT now()")).scalar_one()  # the database's clock writes them
+    stored = book(client, make_user, auth, late.id, 3)
+    settle(db, receiver, made["secret"], late.id, stored)
+    sent = len(receiver.got)
+
+    path = f"/api/webhooks/{made['id']}/redeliver"
+    answer = client.post(path, json={"since": since.isoformat()}, headers=auth(admin))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["data"]["redelivered"] == stored
+    wait_until(lambda: len(receiver.accepted()) >= sent + stored, SETTLE, "the redeliveries")
+    again = receiver.accepted()[sent:]
+    assert {json.loads(r.body)["data"]["eventId"] for r in again} == {late.id}
+    versions = [json.loads(r.body)["data"]["version"] for r in again]
+    assert versions == sorted(versions) and len(set(versions)) == stored
+
+
+def test_messages_about_one_booking_arrive_in_the_order_of_its_changes(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    """Decided before any deliverer runs, so the whole queue is there when the first message
+    fails: a retryable failure must hold the queue, or a booking's cancellation would arrive
+    before its confirmation."""
+    from tests.test_waitlist import ask, drain, leave
+
+    admin, first, second = make_user("admin"), make_user(), make_user()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=1)
+    db.execute(text("UPDATE events SET waitlist_enabled = true WHERE id = :e"), {"e": event.id})
+    db.commit()
+    a, b = ask(db, first, event), ask(db, second, event)
+    drain(db, event)  # a confirmed, b waitlisted
+    leave(db, a)
+    drain(db, event)  # a cancelled, b promoted
+    receiver.script.extend([500, 503])
+    procs = [
+        WorkerProcess("webhooks-order", concurrency=1, queues="webhooks", **HOOK_ENV).start(),
+        BeatProcess("webhooks-order-beat", **HOOK_ENV).start(),
+    ]
+    try:
+        settle(db, receiver, made["secret"], event.id, 4)
+    finally:
+        for proc in procs:
+            proc.stop(9)
+    arrived = first_arrivals(receiver)
+    by_booking = {
+        booking: [m["type"] for m in arrived if m["data"]["bookingId"] == booking]
+        for booking in (a, b)
+    }
+    assert by_booking == {
+        a: ["booking.confirmed", "booking.cancelled"],
+        b: ["booking.waitlisted", "booking.promoted"],
+    }
+    for booking in (a, b):
+        versions = [m["data"]["version"] for m in arrived if m["data"]["bookingId"] == booking]
+        assert versions == sorted(versions)
