@@ -363,7 +363,7 @@ def test_a_redis_and_broker_outage_delays_deliveries_and_loses_none(
     other = Receiver().start()  # each endpoint its own: a receiver verifies with one secret
     env = {**HOOK_ENV, **private_broker, "REDIS_URL": server.url}
     procs: list[Any] = [
-        WorkerProcess("webhooks-outage-decider", concurrency=1, **env),  # type: ignore[arg-type]
+        WorkerProcess("webhooks-outage-decider", concurrency=1, **env),
         BeatProcess("webhooks-outage-beat", **env),
         ApiProcess("webhooks-outage-api", **env),
     ]
@@ -398,7 +398,7 @@ def test_a_redis_and_broker_outage_delays_deliveries_and_loses_none(
         accepted = sum(book(during.id) for _ in range(4))  # committed while Redis is away
         server.start()  # the same port, empty
         procs.append(
-            WorkerProcess("webhooks-outage-hooks", concurrency=1, queues="webhooks", **env).start()  # type: ignore[arg-type]
+            WorkerProcess("webhooks-outage-hooks", concurrency=1, queues="webhooks", **env).start()
         )
         first = settle(db, receiver, secrets[before.id], before.id, stored)
         second = settle(db, other, secrets[during.id], during.id, accepted)
@@ -525,3 +525,32 @@ def test_messages_about_one_booking_arrive_in_the_order_of_its_changes(
     for booking in (a, b):
         versions = [m["data"]["version"] for m in arrived if m["data"]["bookingId"] == booking]
         assert versions == sorted(versions)
+
+
+def test_promotions_by_an_event_edit_are_sent_at_once_not_by_the_sweeper(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    """No beat runs here, so only the task the edit sends after its commit can deliver."""
+    from tests.test_waitlist import ask, drain
+
+    admin, first, second = make_user("admin"), make_user(), make_user()
+    event = make_event(capacity=1)
+    db.execute(text("UPDATE events SET waitlist_enabled = true WHERE id = :e"), {"e": event.id})
+    db.commit()
+    ask(db, first, event)
+    waiting = ask(db, second, event)
+    drain(db, event)  # confirmed and waitlisted, before the endpoint exists
+    # An id no earlier test's leftover deliver task (restored from a killed worker) names.
+    db.execute(text("SELECT setval(pg_get_serial_sequence('webhook_endpoints', 'id'), 100000)"))
+    db.commit()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    hooks = WorkerProcess("webhooks-edit", concurrency=1, queues="webhooks", **HOOK_ENV).start()
+    try:
+        edit = client.put(f"/api/events/{event.id}", json={"seatCapacity": 2}, headers=auth(admin))
+        assert edit.status_code == 200, edit.text
+        wait_until(lambda: receiver.verified_ids(made["secret"]), SETTLE, "the promotion sent")
+    finally:
+        hooks.stop(9)
+    (body,) = receiver.verified_ids(made["secret"]).values()
+    message = json.loads(body)
+    assert message["type"] == "booking.promoted" and message["data"]["bookingId"] == waiting

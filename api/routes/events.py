@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import CurrentUser, RedisDep, SessionDep
 from api.envelope import Envelope, error_responses, ok
+from api.routes.webhooks import KickDep
 from common.events import service
 from common.events.schemas import EventCreate, EventPage, EventRead, EventUpdate
 
@@ -47,11 +48,16 @@ def create_event(body: EventCreate, session: SessionDep, user: CurrentUser) -> d
     responses=error_responses(400, 401, 403, 404, 409, 413),
 )
 def update_event(
-    event_id: int, body: EventUpdate, session: SessionDep, user: CurrentUser, publisher: RedisDep
+    event_id: int,
+    body: EventUpdate,
+    session: SessionDep,
+    user: CurrentUser,
+    publisher: RedisDep,
+    kick: KickDep,
 ) -> dict:
     """Admin or creator; not once the event has started. Capacity never drops below the seats
     already confirmed; available seats are recomputed from it."""
-    event = service.update_event(session, user, event_id, body, publisher)
+    event = service.update_event(session, user, event_id, body, publisher, kick)
     return ok(EventRead.model_validate(event))
 
 

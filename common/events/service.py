@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 import redis
@@ -26,6 +26,7 @@ from common.events.messages import publish_event_deleted, publish_event_updated
 from common.events.models import Event, EventLine
 from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
 from common.users.models import User
+from common.webhooks.deliverer import enabled_scopes
 
 
 def list_events(
@@ -86,7 +87,12 @@ def create_event(session: Session, actor: User, data: EventCreate) -> Event:
 
 
 def update_event(
-    session: Session, actor: User, event_id: int, data: EventUpdate, publisher: redis.Redis
+    session: Session,
+    actor: User,
+    event_id: int,
+    data: EventUpdate,
+    publisher: redis.Redis,
+    kick_webhooks: Callable[[int], object] | None = None,
 ) -> Event:
     # The row lock orders this change with the worker's batches on the same event.
     event = get_event(session, event_id, for_update=True)
@@ -113,6 +119,11 @@ def update_event(
     on_commit(session, lambda: publish_event_updated(publisher, event))
     if promoted:
         on_commit(session, lambda: publish_decisions(publisher, promoted))
+        if kick_webhooks is not None:
+            # Their webhook messages are in the outbox with them: send them now, not at the
+            # sweeper's next run.
+            endpoints = [e for e, only in enabled_scopes(session) if only in (None, event_id)]
+            on_commit(session, lambda: [kick_webhooks(e) for e in endpoints])
     return event
 
 
