@@ -205,7 +205,22 @@ def settle(db, receiver: Receiver, secret: str, event_id: int, expected: int) ->
     wait_until(lambda: len(decided_ids(db, event_id)) >= expected, SETTLE, "all decided")
     ids = decided_ids(db, event_id)
     wait_until(lambda: set(receiver.verified_ids(secret)) >= ids, SETTLE, "all delivered")
+    # Sent, then recorded: the delivery log is complete once nothing of the event is pending.
+    wait_until(lambda: not undelivered(db, event_id), SETTLE, "all recorded")
     return receiver.verified_ids(secret)
+
+
+def undelivered(db, event_id: int) -> int:
+    db.rollback()
+    return int(
+        db.execute(
+            text(
+                "SELECT count(*) FROM webhook_messages m JOIN booking_logs l ON l.id = m.log_id"
+                " WHERE l.event_id = :e AND m.state = 'pending'"
+            ),
+            {"e": event_id},
+        ).scalar_one()
+    )
 
 
 def test_every_message_arrives_signed_through_500_429_hang_and_close(
