@@ -62,6 +62,7 @@ db: install services
 # The flash-sale benchmark (docs/BENCHMARKS.md): its own database ebs_bench and Redis db 9.
 # Smaller run: make bench BENCH_ARGS="-c 50 -n 2000 -s 500"
 # The waitlist variant (promotion latency): make bench BENCH=waitlist
+# Webhooks (a sale with two endpoints against the same sale without): make bench BENCH=webhooks
 BENCH ?= flash_sale
 bench: $(VENV)/.bench-installed services
 	$(BIN)/python -m bench.$(BENCH) $(BENCH_ARGS)

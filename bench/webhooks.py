@@ -4,7 +4,8 @@
 
 Its own database and Redis db, uvicorn and a Celery worker as bench.flash_sale, plus a Celery
 worker for the ``webhooks`` queue alone and a receiver on loopback (bench/receiver.py) that
-answers 200 at once. Each round runs the flash sale (C clients, N one-seat requests, S seats,
+answers 200 at once (under ``nice -n 19``: a receiver is someone else's machine, not ours).
+Each round runs the flash sale (C clients, N one-seat requests, S seats,
 ``Prefer: wait``) once in each variant:
 
 - ``off``: the outbox trigger disabled (the system as if webhooks were not built);
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--worker-concurrency", type=int, default=1, help="Celery processes deciding")
     add("--hook-concurrency", type=int, default=2, help="Celery processes delivering webhooks")
     add("--hook-nice", type=int, default=0, help="run the webhooks worker under nice -n N")
+    # A receiver is another company's server: here it shares our two cores, so by default it
+    # yields to the system under test (its CPU is still counted, apart).
+    add("--receiver-nice", type=int, default=19, help="run the receiver under nice -n N")
     add("--settle", type=float, default=300, help="seconds to wait for a sale's deliveries")
     add_target_args(parser)
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON and logs")
@@ -84,18 +88,32 @@ def order(round_index: int, variants: list[str]) -> list[str]:
     return turned[::-1] if round_index % 2 else turned
 
 
+def yield_cpu(process: ManagedProcess, nice: int) -> None:
+    """``nice`` for the process's whole session. Each process started here leads a session of
+    its own, and with the kernel's autogroups (sched(7)) CPU is shared between sessions by the
+    session's nice, not the process's: ``nice -n`` alone would change nothing."""
+    if not nice or process.proc is None:
+        return
+    try:
+        Path(f"/proc/{process.proc.pid}/autogroup").write_text(str(nice))
+    except OSError:  # no autogroups (a kernel without them): the process's nice applies
+        pass
+
+
 class Receiver(ManagedProcess):
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str], nice: int) -> None:
         super().__init__("receiver", log_dir)
-        self.env, self.port = env, free_port()
+        self.env, self.port, self.nice = env, free_port(), nice
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Receiver:
-        argv = [str(BIN / "python"), "-m", "bench.receiver", "--port", str(self.port)]
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
+        argv = [*prefix, str(BIN / "python"), "-m", "bench.receiver", "--port", str(self.port)]
         self.spawn(argv, self.env)
+        yield_cpu(self, self.nice)
         self.wait_for(lambda: self._get("/_count") is not None, 30, "the receiver")
         return self
 
@@ -234,11 +252,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     before = machine()
     stack = Stack(config).start()
     env = config.env()
-    receiver = Receiver(config.log_dir, env).start()
+    receiver = Receiver(config.log_dir, env, args.receiver_nice).start()
     hooks_worker = WorkerProcess(
         "webhooks-worker", config.log_dir, env, concurrency=args.hook_concurrency,
         queues="webhooks", hostname=f"bench-hooks-{os.getpid()}@%h", nice=args.hook_nice,
     ).start()  # fmt: skip
+    yield_cpu(hooks_worker, args.hook_nice)
     # Counted by the CPU meter beside the API and the decider, and stopped with them.
     stack.processes[:0] = [receiver, hooks_worker]
     secrets = create_endpoints(data, users[0], receiver)
