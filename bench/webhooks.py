@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--receiver-nice", type=int, default=19, help="run the receiver under nice -n N")
     add("--settle", type=float, default=300, help="seconds to wait for a sale's deliveries")
     add_target_args(parser)
+    add("--no-worker", action="store_true", help="a Celery worker on that Redis db decides")
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON and logs")
     add("--profile", type=Path, default=None, help="py-spy every process into this dir")
     add("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -240,7 +241,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     config = StackConfig(
         database_url=args.database_url, redis_url=args.redis_url, api_workers=args.api_workers,
         worker_concurrency=args.worker_concurrency, pool_size=None, batch_size=None,
-        start_worker=True, reuse_database=args.reuse_database, log_dir=args.out / f"logs-{stamp}",
+        start_worker=not args.no_worker, reuse_database=args.reuse_database,
+        log_dir=args.out / f"logs-{stamp}",
         extra_env=dict(item.split("=", 1) for item in args.env),
     )  # fmt: skip
     print(f"preparing {args.database_url} and {args.redis_url}", file=sys.stderr)
@@ -294,6 +296,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print(line(sale), file=sys.stderr)
     finally:
         flash_sale._stop_spies(spies)
+        # As the migration leaves it (a reused database must not keep its trigger off).
+        data.sql(f"ALTER TABLE booking_logs ENABLE TRIGGER {TRIGGER}")
+        data.sql("UPDATE webhook_endpoints SET enabled = false")
         stack.stop()
         data.close()
     summary = {
