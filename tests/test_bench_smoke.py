@@ -109,3 +109,29 @@ def test_waitlist_tool_promotes_the_head_of_the_line_and_tells_each_buyer(engine
         "cancelled": SEATS // 10,
         "waitlisted": 60 - SEATS - SEATS // 10,
     }
+
+
+def test_webhooks_tool_delivers_every_message_of_each_hooks_sale(engine, worker, tmp_path):
+    argv = [sys.executable, "-m", "bench.webhooks",
+            "--clients", "8", "--requests", "60", "--seats", str(SEATS), "--rounds", "2",
+            "--api-workers", "1", "--wait", "20", "--warmup", "20", "--hook-concurrency", "1",
+            "--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL,
+            "--reuse-database", "--no-worker", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "hooks/off decisions/s" in run.stdout  # the ratios were printed
+
+    [path] = tmp_path.glob("webhooks-*.json")
+    summary = json.loads(path.read_text())
+    assert [s["variant"] for s in summary["sales"]] == [
+        "off", "idle", "hooks", "hooks", "idle", "off"
+    ]  # fmt: skip
+    for sale in summary["sales"]:
+        assert (sale["fiveXX"], sale["oversell"], sale["lost"]) == (0, 0, 0)
+        assert sale["outcomes"]["confirmed"] == SEATS
+        if sale["variant"] == "hooks":
+            hooks = sale["webhooks"]
+            # Every decision (sold or refused by the decider) to both endpoints, verified.
+            assert hooks["expected"] >= 2 * SEATS
+            assert hooks["received"] == hooks["expected"] == hooks["verified"]["verified"]
+            assert hooks["verified"]["failed"] == 0

@@ -9,17 +9,21 @@ import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
+import redis
 from sqlalchemy import text
 
 from common.bookings import procedures
 from common.settings import Settings
+from common.tasks import WEBHOOKS_QUEUE
 from common.webhooks import delivery
 from common.webhooks.deliverer import retry_delay
 from common.webhooks.messages import EVENT_TYPES
-from devstack import wait_until
-from tests.conftest import BeatProcess, WorkerProcess
+from devstack import RedisServer, wait_until
+from tests.conftest import ApiProcess, BeatProcess, WorkerProcess
 from tests.webhook_receiver import Receiver
 
 SETTLE = 120  # seconds; a hang guard only
@@ -201,7 +205,22 @@ def settle(db, receiver: Receiver, secret: str, event_id: int, expected: int) ->
     wait_until(lambda: len(decided_ids(db, event_id)) >= expected, SETTLE, "all decided")
     ids = decided_ids(db, event_id)
     wait_until(lambda: set(receiver.verified_ids(secret)) >= ids, SETTLE, "all delivered")
+    # Sent, then recorded: the delivery log is complete once nothing of the event is pending.
+    wait_until(lambda: not undelivered(db, event_id), SETTLE, "all recorded")
     return receiver.verified_ids(secret)
+
+
+def undelivered(db, event_id: int) -> int:
+    db.rollback()
+    return int(
+        db.execute(
+            text(
+                "SELECT count(*) FROM webhook_messages m JOIN booking_logs l ON l.id = m.log_id"
+                " WHERE l.event_id = :e AND m.state = 'pending'"
+            ),
+            {"e": event_id},
+        ).scalar_one()
+    )
 
 
 def test_every_message_arrives_signed_through_500_429_hang_and_close(
@@ -351,3 +370,210 @@ def child_pids(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+# ---------------------------------------------------------------- Redis and the broker away
+
+
+def test_a_redis_and_broker_outage_delays_deliveries_and_loses_none(
+    client, make_user, make_event, auth, token_for, db, engine, private_broker, receiver
+):
+    """Decisions whose deliver tasks sit in the broker when it dies (a private redis-server
+    that keeps nothing: its restart loses every queued task), and bookings accepted while it is
+    down, all reach the receiver once it is back. One endpoint per event, so no later decision's
+    task sends the first event's messages by the way."""
+    server = RedisServer().start()
+    other = Receiver().start()  # each endpoint its own: a receiver verifies with one secret
+    env = {**HOOK_ENV, **private_broker, "REDIS_URL": server.url}
+    procs: list[Any] = [
+        WorkerProcess("webhooks-outage-decider", concurrency=1, **env),
+        BeatProcess("webhooks-outage-beat", **env),
+        ApiProcess("webhooks-outage-api", **env),
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        api = procs[2]
+        admin = make_user("admin")
+        before, during = make_event(capacity=3), make_event(capacity=3)
+        secrets = {
+            e.id: create(client, auth(admin), url=r.url, eventId=e.id).json()["data"]["secret"]
+            for e, r in ((before, receiver), (during, other))
+        }
+
+        def book(event_id: int, prefer: str | None = None) -> int:
+            headers = {"Authorization": f"Bearer {token_for(make_user())}"}
+            if prefer:
+                headers["Prefer"] = prefer
+            answer = httpx.post(
+                f"{api.url}/api/bookings", json={"eventId": event_id}, headers=headers, timeout=60
+            )
+            assert answer.status_code in (201, 202, 409), answer.text
+            return int(answer.status_code != 409)  # a sold-out event refuses at intake
+
+        # Decided while no worker takes the webhooks queue: their tasks wait in the broker.
+        stored = sum(book(before.id, "wait=10") for _ in range(4))
+        wait_until(lambda: len(decided_ids(db, before.id)) >= stored, SETTLE, "decided")
+        if not private_broker:  # Redis is the broker: its deliver tasks (one a decision) are in
+            with redis.Redis.from_url(server.url) as broker:
+                wait_until(lambda: broker.llen(WEBHOOKS_QUEUE) >= stored, SETTLE, "tasks queued")
+        server.kill()
+        accepted = sum(book(during.id) for _ in range(4))  # committed while Redis is away
+        server.start()  # the same port, empty
+        procs.append(
+            WorkerProcess("webhooks-outage-hooks", concurrency=1, queues="webhooks", **env).start()
+        )
+        first = settle(db, receiver, secrets[before.id], before.id, stored)
+        second = settle(db, other, secrets[during.id], during.id, accepted)
+        for delivered in (first, second):
+            types = [json.loads(b)["type"] for b in delivered.values()]
+            assert types.count("booking.confirmed") == 3
+    finally:
+        for proc in procs:
+            proc.stop(9)
+        server.close()
+        other.stop()
+
+
+# ---------------------------------------------------------------- redelivery and order
+
+
+def first_arrivals(receiver: Receiver) -> list[dict[str, Any]]:
+    """The accepted messages' bodies in the order they first arrived."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in receiver.accepted():
+        seen.setdefault(r.headers["webhook-id"], json.loads(r.body))
+    return list(seen.values())
+
+
+def test_one_message_redelivered_goes_again_with_its_id_and_body(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    admin, stranger = make_user("admin"), make_user()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=5)
+    stored = book(client, make_user, auth, event.id, 3)
+    delivered = settle(db, receiver, made["secret"], event.id, stored)
+    path = f"/api/webhooks/{made['id']}"
+
+    def log() -> list[dict[str, Any]]:
+        return client.get(f"{path}/deliveries", headers=auth(admin)).json()["data"]["deliveries"]
+
+    # A message is recorded after it is sent: wait for the record too.
+    wait_until(lambda: {d["state"] for d in log()} == {"delivered"}, SETTLE, "recorded")
+    chosen = log()[-1]  # the oldest
+    sent = len(receiver.got)
+
+    assert (
+        client.post(f"{path}/deliveries/999999/redeliver", headers=auth(admin)).status_code == 404
+    )
+    assert (
+        client.post(f"{path}/deliveries/{chosen['id']}/redeliver", headers=auth(stranger))
+    ).status_code == 404  # not theirs: as if it did not exist
+    answer = client.post(f"{path}/deliveries/{chosen['id']}/redeliver", headers=auth(admin))
+    assert answer.status_code == 202 and answer.json()["data"]["redelivered"] == 1
+    wait_until(lambda: len(receiver.accepted()) > sent, SETTLE, "the redelivery")
+    again = receiver.accepted()[sent]
+    assert again.headers["webhook-id"] == chosen["messageId"]
+    assert again.body == delivered[chosen["messageId"]]  # the same bytes, signed afresh
+    assert set(receiver.verified_ids(made["secret"])) == set(delivered)
+    wait_until(
+        lambda: next(d for d in log() if d["id"] == chosen["id"])["attempts"] == 2,
+        SETTLE,
+        "the second attempt in the log",
+    )
+    assert [d["attempts"] for d in log() if d["id"] != chosen["id"]] == [1] * (stored - 1)
+
+
+def test_everything_since_a_time_is_redelivered_oldest_first_and_nothing_before(
+    client, make_user, make_event, auth, db, hooks, receiver
+):
+    admin = make_user("admin")
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    early, late = make_event(capacity=5), make_event(capacity=5)
+    settle(db, receiver, made["secret"], early.id, book(client, make_user, auth, early.id, 2))
+    db.rollback()
+    since = db.execute(text("SELECT now()")).scalar_one()  # the database's clock writes them
+    stored = book(client, make_user, auth, late.id, 3)
+    settle(db, receiver, made["secret"], late.id, stored)
+    sent = len(receiver.got)
+
+    path = f"/api/webhooks/{made['id']}/redeliver"
+    answer = client.post(path, json={"since": since.isoformat()}, headers=auth(admin))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["data"]["redelivered"] == stored
+    wait_until(lambda: len(receiver.accepted()) >= sent + stored, SETTLE, "the redeliveries")
+    again = receiver.accepted()[sent:]
+    assert {json.loads(r.body)["data"]["eventId"] for r in again} == {late.id}
+    versions = [json.loads(r.body)["data"]["version"] for r in again]
+    assert versions == sorted(versions) and len(set(versions)) == stored
+
+
+def test_messages_about_one_booking_arrive_in_the_order_of_its_changes(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    """Decided before any deliverer runs, so the whole queue is there when the first message
+    fails: a retryable failure must hold the queue, or a booking's cancellation would arrive
+    before its confirmation."""
+    from tests.test_waitlist import ask, drain, leave
+
+    admin, first, second = make_user("admin"), make_user(), make_user()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    event = make_event(capacity=1)
+    db.execute(text("UPDATE events SET waitlist_enabled = true WHERE id = :e"), {"e": event.id})
+    db.commit()
+    a, b = ask(db, first, event), ask(db, second, event)
+    drain(db, event)  # a confirmed, b waitlisted
+    leave(db, a)
+    drain(db, event)  # a cancelled, b promoted
+    receiver.script.extend([500, 503])
+    procs = [
+        WorkerProcess("webhooks-order", concurrency=1, queues="webhooks", **HOOK_ENV).start(),
+        BeatProcess("webhooks-order-beat", **HOOK_ENV).start(),
+    ]
+    try:
+        settle(db, receiver, made["secret"], event.id, 4)
+    finally:
+        for proc in procs:
+            proc.stop(9)
+    arrived = first_arrivals(receiver)
+    by_booking = {
+        booking: [m["type"] for m in arrived if m["data"]["bookingId"] == booking]
+        for booking in (a, b)
+    }
+    assert by_booking == {
+        a: ["booking.confirmed", "booking.cancelled"],
+        b: ["booking.waitlisted", "booking.promoted"],
+    }
+    for booking in (a, b):
+        versions = [m["data"]["version"] for m in arrived if m["data"]["bookingId"] == booking]
+        assert versions == sorted(versions)
+
+
+def test_promotions_by_an_event_edit_are_sent_at_once_not_by_the_sweeper(
+    client, make_user, make_event, auth, db, engine, worker, receiver
+):
+    """No beat runs here, so only the task the edit sends after its commit can deliver."""
+    from tests.test_waitlist import ask, drain
+
+    admin, first, second = make_user("admin"), make_user(), make_user()
+    event = make_event(capacity=1)
+    db.execute(text("UPDATE events SET waitlist_enabled = true WHERE id = :e"), {"e": event.id})
+    db.commit()
+    ask(db, first, event)
+    waiting = ask(db, second, event)
+    drain(db, event)  # confirmed and waitlisted, before the endpoint exists
+    # An id no earlier test's leftover deliver task (restored from a killed worker) names.
+    db.execute(text("SELECT setval(pg_get_serial_sequence('webhook_endpoints', 'id'), 100000)"))
+    db.commit()
+    made = create(client, auth(admin), url=receiver.url).json()["data"]
+    hooks = WorkerProcess("webhooks-edit", concurrency=1, queues="webhooks", **HOOK_ENV).start()
+    try:
+        edit = client.put(f"/api/events/{event.id}", json={"seatCapacity": 2}, headers=auth(admin))
+        assert edit.status_code == 200, edit.text
+        wait_until(lambda: receiver.verified_ids(made["secret"]), SETTLE, "the promotion sent")
+    finally:
+        hooks.stop(9)
+    (body,) = receiver.verified_ids(made["secret"]).values()
+    message = json.loads(body)
+    assert message["type"] == "booking.promoted" and message["data"]["bookingId"] == waiting

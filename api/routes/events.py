@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import CurrentUser, RedisDep, SessionDep, TaskSenderDep
 from api.envelope import Envelope, error_responses, ok
+from api.routes.webhooks import KickDep
 from common.events import service
 from common.events.schemas import EventCreate, EventPage, EventRead, EventUpdate
 
@@ -53,10 +54,11 @@ def update_event(
     user: CurrentUser,
     publisher: RedisDep,
     sender: TaskSenderDep,
+    kick: KickDep,
 ) -> dict:
     """Admin or creator; not once the event has started. Capacity never drops below the seats
     already confirmed or held; available seats are recomputed from it."""
-    event = service.update_event(session, user, event_id, body, publisher, sender)
+    event = service.update_event(session, user, event_id, body, publisher, sender, kick)
     return ok(EventRead.model_validate(event))
 
 

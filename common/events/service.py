@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 import redis
@@ -27,6 +27,7 @@ from common.events.messages import publish_event_deleted, publish_event_updated
 from common.events.models import Event, EventLine
 from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
 from common.users.models import User
+from common.webhooks.deliverer import enabled_scopes
 
 
 def list_events(
@@ -93,6 +94,7 @@ def update_event(
     data: EventUpdate,
     publisher: redis.Redis,
     sender: TaskSender | None = None,
+    kick_webhooks: Callable[[int], object] | None = None,
 ) -> Event:
     # The row lock orders this change with the worker's batches on the same event.
     event = get_event(session, event_id, for_update=True)
@@ -123,6 +125,11 @@ def update_event(
         if sender is not None and ends:
             # Without a timer the sweeper expires them, later.
             on_commit(session, lambda: schedule_expiry(sender, event_id, min(ends)))
+        if kick_webhooks is not None:
+            # Their webhook messages are in the outbox with them: send them now, not at the
+            # sweeper's next run.
+            endpoints = [e for e, only in enabled_scopes(session) if only in (None, event_id)]
+            on_commit(session, lambda: [kick_webhooks(e) for e in endpoints])
     return event
 
 

@@ -14,6 +14,7 @@ without a retry.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import time
 from dataclasses import dataclass
@@ -124,31 +125,39 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+# httpx logs each request's URL at INFO; a receiver's URL may carry its token in the query.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 class Sender:
-    """Attempts to one target over one kept-alive connection to its checked address."""
+    """Attempts to one target over one kept-alive connection to its checked address.
+
+    Requests go straight to the transport, below ``httpx.Client``: a redirect is an answer
+    (never followed), and a receiver's cookies are neither kept nor sent back (the client's
+    cookie jar cost a tenth of a delivery's CPU)."""
 
     def __init__(self, target: Target, *, connect_timeout: float, timeout: float) -> None:
         self.target = target
-        self.client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            follow_redirects=False,
-            trust_env=False,  # no proxy from the environment: it would connect elsewhere
-        )
+        # trust_env=False: no proxy from the environment, which would connect elsewhere.
+        self.transport = httpx.HTTPTransport(trust_env=False)
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout).as_dict()
         self.url = httpx.URL(target.url).copy_with(host=str(target.address))
         self.host_header = urlsplit(target.url).netloc  # as the URL wrote it (no credentials)
 
     def send(self, body: bytes, headers: dict[str, str]) -> Outcome:
         started = time.monotonic()
-        extensions = {"sni_hostname": self.target.host} if self.target.scheme == "https" else {}
+        extensions: dict[str, object] = {"timeout": self.timeout}
+        if self.target.scheme == "https":
+            extensions["sni_hostname"] = self.target.host
         try:
-            request = self.client.build_request(
+            request = httpx.Request(
                 "POST",
                 self.url,
                 content=body,
                 headers={**headers, "host": self.host_header, "user-agent": "ebs-webhooks/1"},
                 extensions=extensions,
             )
-            response = self.client.send(request, stream=True)
+            response = self.transport.handle_request(request)
             try:
                 head = bytearray()
                 for chunk in response.iter_raw():
@@ -175,4 +184,4 @@ class Sender:
         return Outcome("retry", None, error, latency, None)
 
     def close(self) -> None:
-        self.client.close()
+        self.transport.close()
