@@ -286,6 +286,7 @@ def test_a_full_line_is_503_and_says_when_to_come_back(
     assert stored == 3
 
 
+@pytest.mark.fast
 def test_retry_after_follows_the_pace_of_the_line():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     clock = [1000.0]
@@ -314,6 +315,7 @@ def test_retry_after_follows_the_pace_of_the_line():
 # ---------------------------------------------------------------- refusals from memory
 
 
+@pytest.mark.fast
 def test_a_waitlist_event_is_never_refused_from_memory():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts = time.time() + 3600
