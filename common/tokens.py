@@ -116,10 +116,6 @@ class TokenCache:
                     self._entries.popitem(last=False)
         return user_id
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 _caches: dict[int, TokenCache] = {}
 
