@@ -262,5 +262,5 @@ def test_the_seat_snapshot(
         event.seat_capacity if waitlist else 0,
         seen=time.monotonic(),
     )
-    refused = snapshots.sold_out(event.id, quantity) is not None
+    refused = snapshots.seats_left_if_sold_out(event.id, quantity) is not None
     assert refused == (_intake_verdict(db, event.id, quantity) == "sold_out")

@@ -159,7 +159,7 @@ async def accept_booking(
     """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
     wait = wait_seconds(prefer, settings.MAX_WAIT)
     if idempotency_key is None:
-        left = seats.sold_out(body.event_id, body.quantity)
+        left = seats.seats_left_if_sold_out(body.event_id, body.quantity)
         if left is not None:  # refused from memory: nothing to store, no round trip
             raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
     booking_id = service.new_booking_id()
