@@ -1,4 +1,4 @@
-"""The lean path's body parser (``api.fastpath._booking``: the schema from JSON text) against the
+"""The lean path's body parser (``api.lean_path._booking``: the schema from JSON text) against the
 full path's reading of the same body (FastAPI: ``json.loads``, then the schema from Python
 objects). Whatever the lean path accepts must be what the full path accepts, with the same
 values; anything it refuses goes on to the full path, which answers it. Pure: no service."""
@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api.fastpath import _booking
+from api.lean_path import _booking
 from common.bookings.schemas import BookingCreate
 
 pytestmark = pytest.mark.fast

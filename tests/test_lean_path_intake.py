@@ -1,4 +1,4 @@
-"""The intake hot path: group commit, refusals from memory, the token cache, the lean path.
+"""The lean path of intake: group commit, refusals from memory, the token cache, the lean path.
 
 Real PostgreSQL, Redis and Celery worker throughout; nothing here measures time.
 """
