@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test install services db lint lock bench clean chromium sql-diff
+.PHONY: run test test-fast install services db lint lock bench clean chromium sql-diff
 
 run: install services db
 	$(BIN)/ebs db seed --if-empty
@@ -18,6 +18,11 @@ test: install services chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 	CELERY_BROKER_URL=$(AMQP_TEST_BROKER) scripts/ensure-services.sh
 	TEST_CELERY_BROKER_URL=$(AMQP_TEST_BROKER) $(BIN)/pytest -q $(BROKER_TESTS)
+
+# The pure tests (marked fast: tokens, parsers, rules, the line and its pace, the coalescer, the
+# released SQL), in seconds and with no service running; CI runs them first (.ci/run).
+test-fast: install
+	TEST_CELERY_BROKER_URL= $(BIN)/pytest -q -m fast $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
 

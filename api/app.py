@@ -14,7 +14,7 @@ from celery import Celery
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api import errors, fastpath, metrics
+from api import errors, lean_path, metrics
 from api.hub import STOP_TIMEOUT, Hub, within
 from api.middleware import (
     AllowedHostsMiddleware,
@@ -117,8 +117,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     install(state.realtime)
     state.hub.add_listener(partial(dispatch, state.realtime))
     start_intake(state)
-    if settings.LEAN_PATH and isinstance(app, fastpath.App):
-        fastpath.install(app)
+    if settings.LEAN_PATH and isinstance(app, lean_path.App):
+        lean_path.install(app)
     await state.hub.start()
     restore_signals = close_on_signals(state.realtime)
     try:
@@ -126,8 +126,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         await close_all(state.realtime)
-        if isinstance(app, fastpath.App):
-            fastpath.uninstall(app)
+        if isinstance(app, lean_path.App):
+            lean_path.uninstall(app)
         state.intake.close()
         await state.hub.stop()
         # Bounded for the same redis-py stalls as the Hub's subscription (see hub.within).
@@ -139,7 +139,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = fastpath.App(
+    app = lean_path.App(
         title="Event Booking System",
         version="0.1.0",
         description=(

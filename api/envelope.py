@@ -14,11 +14,6 @@ class Envelope(BaseModel, Generic[T]):
     data: T
 
 
-class ErrorDetail(BaseModel):
-    field: str | None = None
-    message: str
-
-
 class ErrorBody(BaseModel):
     code: str
     message: str

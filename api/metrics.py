@@ -8,7 +8,7 @@ Two sources, joined at scrape time:
 - the fleet's pipeline metrics, which workers keep in Redis (``common.metrics``), and gauges
   read when scraped: broker queue depth, pending bookings and the age of the oldest one.
 
-The hot path pays only in-memory counter updates; Redis and PostgreSQL are read per scrape.
+A request pays only in-memory counter updates; Redis and PostgreSQL are read per scrape.
 
 Access: with ``METRICS_TOKEN`` set, ``Authorization: Bearer <token>`` is required (401
 otherwise). Without a token the endpoint answers only to loopback clients, and never in

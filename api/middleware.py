@@ -3,7 +3,7 @@ refusals in the envelope and a cap on body size and time.
 
 What every answer carries (``finish_headers``), which Host a request names (``request_host``),
 its request id (``request_id``) and how a refusal is rendered (``error_response``) are each
-written once here: the lean path (api/fastpath.py) uses the same functions.
+written once here: the lean path (api/lean_path.py) uses the same functions.
 """
 
 from __future__ import annotations

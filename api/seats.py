@@ -80,8 +80,9 @@ class SeatSnapshots:
         self._reads: dict[int, asyncio.Future[None]] = {}
         self.pace = LinePace()
 
-    def sold_out(self, event_id: int, quantity: int) -> int | None:
-        """The seats left if the event surely cannot take ``quantity`` more; else None."""
+    def seats_left_if_sold_out(self, event_id: int, quantity: int) -> int | None:
+        """The seats left if the event surely cannot take ``quantity`` more (409 SOLD_OUT from
+        memory); else None (the database decides)."""
         if self.max_age <= 0:
             return None
         seats = self._seats.get(event_id)

@@ -3,7 +3,7 @@ it replaced, side by side in one run (docs/BENCHMARKS.md, "Strict input").
 
     python -m bench.body_parse [--number 200000]
 
-``strict`` is what the lean path runs (``api.fastpath._booking``: ``model_validate_json`` on
+``strict`` is what the lean path runs (``api.lean_path._booking``: ``model_validate_json`` on
 the strict ``BookingCreate``); ``by hand`` is the former ``json.loads`` and type checks, kept
 here only as the yardstick.
 """
@@ -15,7 +15,7 @@ import json
 import timeit
 from functools import partial
 
-from api.fastpath import _booking
+from api.lean_path import _booking
 
 MAX_ID, MAX_QUANTITY = 2**31 - 1, 1000
 BODIES = {

@@ -28,13 +28,13 @@ PARTS: list[tuple[str, re.Pattern[str]]] = [
     ("logging", re.compile(r"logging/|common/logs\.py")),
     (
         "validation",
-        re.compile(r"pydantic|fastapi/dependencies|fastapi/_compat|_booking \(api/fastpath"),
+        re.compile(r"pydantic|fastapi/dependencies|fastapi/_compat|_booking \(api/lean_path"),
     ),
     (
         "HTTP",
         re.compile(
             r"uvicorn/|httptools|starlette/|fastapi/|asyncio/|anyio/|api/middleware\.py|"
-            r"api/metrics\.py|api/fastpath\.py|prometheus_client|concurrent/|api/routes/|"
+            r"api/metrics\.py|api/lean_path\.py|prometheus_client|concurrent/|api/routes/|"
             r"api/errors\.py|uvloop|opentelemetry|trace/__init__|_logs/_internal"
         ),
     ),

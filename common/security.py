@@ -116,8 +116,3 @@ def read_access_token(token: str, settings: Settings) -> tuple[int, datetime]:
     if user_id is None or until is None:
         raise InvalidToken()
     return user_id, datetime.fromtimestamp(until, UTC)
-
-
-def decode_access_token(token: str, settings: Settings) -> int:
-    """The user id a valid token names; InvalidToken for anything else."""
-    return read_access_token(token, settings)[0]

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     )
     ENABLE_SYNC_BASELINE: bool = False
 
-    # The API's hot path (docs/configuration.md, "Hot path").
+    # The API's lean path (docs/configuration.md, "Lean path").
     ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
     LEAN_PATH: bool = Field(default=True, description="plain booking requests skip the framework")
     API_THREADS: int = Field(default=0, ge=0, description="threadpool size; 0 = DB_POOL_SIZE")

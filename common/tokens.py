@@ -6,7 +6,7 @@ entry holds the user id the token names and is used only until the earlier of th
 before. The cache knows nothing about users: every request that reads or writes a booking also
 checks in the same SQL statement that the user still exists (401 for a deleted user, at once).
 The one answer that does not look the user up is a refusal from memory (409 SOLD_OUT, nothing
-stored; see ``api.fastpath``), which is what anyone can read on the event's page anyway.
+stored; see ``api.lean_path``), which is what anyone can read on the event's page anyway.
 
 When the cache is full (``TOKEN_CACHE_SIZE``) the oldest entries are dropped first.
 
@@ -115,10 +115,6 @@ class TokenCache:
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
         return user_id
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 _caches: dict[int, TokenCache] = {}

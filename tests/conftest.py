@@ -71,6 +71,25 @@ RUN_DIR = ROOT / ".run" / f"test-{make_url(TEST_DATABASE_URL).database}"
 TABLES = "events, bookings, booking_logs, users, payment_callbacks"
 
 
+# The fixtures that reach a service; every other fixture that does reaches it through one of these
+# (the settings open a RabbitMQ vhost when the run has one).
+SERVICE_FIXTURES = {"engine", "redis_client", "private_broker", "worker", "api_server"} | (
+    {"settings"} if TEST_AMQP_URL else set()
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``fast`` (``make test-fast``, first in CI) runs without PostgreSQL, Redis,
+    Celery or uvicorn: asking for a fixture that needs one is a mistake in the test, not a
+    service that happens to be down."""
+    for item in items:
+        if item.get_closest_marker("fast") is None:
+            continue
+        needs = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if needs:
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(needs)}")
+
+
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:
     get_settings.cache_clear()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.realtime.coalesce import SEAT_TYPES, Coalescer, Key
+
+pytestmark = pytest.mark.fast
 
 INTERVAL = 0.1
 LINE_INTERVAL = 0.5

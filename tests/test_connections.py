@@ -75,7 +75,7 @@ def test_idle_half_sent_and_slow_connections_are_closed(api, make_user, token_fo
         Peer(api.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ") for _ in range(50)
     ]
     slow_bodies = [Peer(api.port, login + b"Content-Length: 100\r\n\r\n{") for _ in range(30)]
-    # A plain booking request takes the lean path (api/fastpath.py), which reads its own body.
+    # A plain booking request takes the lean path (api/lean_path.py), which reads its own body.
     booking = (
         b"POST /api/bookings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer %s\r\nContent-Length: 30\r\n\r\n{"

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from sqlalchemy import inspect, text
 
 from api import errors as api_errors
@@ -111,3 +112,20 @@ def test_docs_this_issue_owns_exist():
     for name in ("API.md", "SETUP.md", "configuration.md", "DATABASE-SCHEMA.md",
                  "ERROR-CODES.md", "OPERATIONS.md"):  # fmt: skip
         assert Path(DOCS / name).stat().st_size > 500, name
+
+
+@pytest.mark.fast
+def test_every_copy_of_the_booking_rule_names_a_file_and_tests_that_exist():
+    """common/bookings/RULES.md: a copy that moves, or a test renamed, breaks this index."""
+    rules = (ROOT / "common" / "bookings" / "RULES.md").read_text()
+    rows = [line for line in rules.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 9
+    for path in re.findall(r"`((?:migrations|common|api|tests)/[\w/.]+\.(?:py|sql))", rules):
+        assert (ROOT / path).is_file(), path
+    for path, name in re.findall(r"`(tests/\w+\.py)::(\w+)`", rules):
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name}"
+    # The oracle's row names its tests bare, in tests/test_verdict.py.
+    verdict = (ROOT / "tests" / "test_verdict.py").read_text()
+    [oracle] = [row for row in rows if row.startswith("| Python oracle")]
+    for test in re.findall(r"`(test_\w+)`", oracle):
+        assert f"def {test}(" in verdict, test

@@ -1,4 +1,4 @@
-"""The lean path (api/fastpath.py) against the full FastAPI stack it stands in for.
+"""The lean path (api/lean_path.py) against the full FastAPI stack it stands in for.
 
 One generated corpus of requests goes to an app with ``LEAN_PATH`` on and to one with it off;
 a client must not be able to tell them apart: same status, body and headers, volatile values
@@ -427,7 +427,7 @@ def _dependencies(dependant: Any) -> list[str]:
 
 
 def test_what_the_full_stack_applies_to_the_lean_routes_is_frozen(settings, engine):
-    """A change here changes what the lean path must reproduce: update api/fastpath.py (and
+    """A change here changes what the lean path must reproduce: update api/lean_path.py (and
     the differential test above must still pass) before updating these lists."""
     from api.app import create_app
 

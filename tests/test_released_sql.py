@@ -11,7 +11,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
+
 from devstack import ROOT
+
+pytestmark = pytest.mark.fast
 
 SQL = ROOT / "migrations" / "sql"
 MANIFEST = SQL / "released.sha256"

@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
@@ -23,9 +24,11 @@ from pydantic import SecretStr
 from sqlalchemy import Integer
 
 from common.errors import InvalidToken
-from common.security import create_access_token, read_access_token
+from common.security import ALGORITHM, create_access_token, read_access_token
 from common.settings import Settings
 from common.tokens import PLAIN_HEADER, TokenCache, _verify_plain
+
+pytestmark = pytest.mark.fast
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 # No cache: every call checks the token afresh.
@@ -240,3 +243,51 @@ def test_the_policy_bounds_come_from_what_they_bound():
     assert datetime.fromtimestamp(CLAIMS.max_valid_until, UTC).year == 9999
     with pytest.raises(ValueError):
         datetime.fromtimestamp(CLAIMS.max_valid_until + 1, UTC)
+
+
+def _forge(secret: str, header: dict, claims: dict) -> str:
+    return jwt.encode(claims, secret, algorithm=header.get("alg", ALGORITHM), headers=header)
+
+
+def test_the_quick_token_check_accepts_exactly_what_pyjwt_accepts():
+    settings = SETTINGS
+    secret = SECRET
+    now = int(time.time())
+    good = create_access_token(7, "user", settings)
+    head, payload, signature = good.split(".")
+    other = create_access_token(8, "user", settings).split(".")[1]
+    claims = {"sub": "7", "role": "user", "iat": now, "nbf": now, "exp": now + 60}
+    tokens = [
+        good,
+        f"{head}.{other}.{signature}",  # another payload under this signature
+        f"{head}.{payload}.{signature[:-2]}",
+        f"{head}.{payload}.{signature}==",
+        create_access_token(
+            7, "user", settings.model_copy(update={"JWT_SECRET": SecretStr("x" * 40)})
+        ),
+        jwt.encode(claims, None, algorithm="none"),
+        _forge(secret, {}, {**claims, "exp": now - 1}),
+        _forge(secret, {}, {**claims, "nbf": now + 60}),
+        _forge(secret, {}, {**claims, "iat": now + 60}),
+        _forge(secret, {}, {**claims, "aud": "someone"}),
+        _forge(secret, {}, {**claims, "sub": "seven"}),
+        _forge(secret, {}, {**claims, "sub": 7}),
+        _forge(secret, {}, {**claims, "exp": float(now + 60)}),
+        _forge(secret, {"kid": "1"}, claims),
+        _forge(secret, {}, {k: v for k, v in claims.items() if k != "iat"}),
+    ]
+    # Our own tokens take the quick check; the table holds it to PyJWT's verdict.
+    assert _verify_plain(good, secret.encode()) == (
+        7,
+        read_access_token(good, settings)[1].timestamp(),
+    )
+    for token in tokens:
+        try:
+            expected: int | str = read_access_token(token, settings)[0]
+        except InvalidToken:
+            expected = "refused"
+        try:
+            got: int | str = TokenCache(settings).user_id(token)
+        except InvalidToken:
+            got = "refused"
+        assert got == expected, token

@@ -1,13 +1,19 @@
 """The booking rules have one home, booking_verdict (migrations/sql/booking_verdict/): one table of
 cases, run through the function itself, both procedures that decide a booking, the batched
-intake and the API's seat snapshots (which refuse from memory)."""
+intake and the API's seat snapshots (which refuse from memory), and through a Python oracle of
+the function, which runs without a database (``make test-fast``) and is held to the function by
+generated situations."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from api.seats import SeatSnapshots
@@ -37,6 +43,92 @@ CASES = [
 FIELDS = ("waitlist", "started", "seats_left", "max_per_user", "held", "quantity", "verdict")
 
 
+def capacity_of(waitlist: bool, seats_left: int, max_per_user: int, held: int) -> int:
+    """The event's capacity in a case (``situation``): the seats left, 3 someone else holds
+    when the event has a waitlist and the case needs no small event, and the user's own seats
+    unless they are waitlisted (held with no seats left)."""
+    waiting = bool(waitlist and held and not seats_left)
+    taken = 3 if waitlist and max_per_user < 8 else 0
+    return seats_left + taken + (0 if waiting else held)
+
+
+def booking_verdict(
+    *,
+    started: bool,
+    waitlist: bool,
+    capacity: int,
+    max_per_user: int,
+    quantity: int,
+    seats_left: int,
+    held: int,
+) -> str:
+    """booking_verdict (migrations/sql/booking_verdict/0007.sql) in Python: the first rule that
+    applies wins."""
+    if started:
+        return "event_past"
+    if quantity > seats_left and not (waitlist and quantity <= capacity):
+        return "sold_out"
+    if held + quantity > max_per_user:
+        return "limit_exceeded"
+    if quantity > seats_left:
+        return "waitlisted"
+    return "confirmed"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(FIELDS, CASES)
+def test_the_python_oracle(waitlist, started, seats_left, max_per_user, held, quantity, verdict):
+    capacity = capacity_of(waitlist, seats_left, max_per_user, held)
+    asked = booking_verdict(
+        started=started,
+        waitlist=waitlist,
+        capacity=capacity,
+        max_per_user=max_per_user,
+        quantity=quantity,
+        seats_left=seats_left,
+        held=held,
+    )
+    assert asked == verdict
+
+
+SMALL = st.integers(0, 12)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    started=st.booleans(),
+    waitlist=st.booleans(),
+    capacity=SMALL,
+    max_per_user=st.integers(1, 12),
+    quantity=st.integers(1, 14),
+    seats_left=SMALL,
+    held=SMALL,
+)
+def test_the_oracle_is_the_function(engine, **situation):
+    """Any situation, not only the table's: the oracle answers as the function does."""
+    event = {
+        "event_date": (datetime.now(UTC) + timedelta(days=-1 if situation["started"] else 1)),
+        "waitlist_enabled": situation["waitlist"],
+        "seat_capacity": situation["capacity"],
+        "max_seats_per_user": situation["max_per_user"],
+    }
+    asked = text(
+        "SELECT booking_verdict(json_populate_record(NULL::events, CAST(:event AS json)),"
+        " :quantity, :seats_left, :held)"
+    )
+    with engine.connect() as conn:
+        answer = conn.scalar(
+            asked,
+            {
+                "event": json.dumps(event, default=str),
+                "quantity": situation["quantity"],
+                "seats_left": situation["seats_left"],
+                "held": situation["held"],
+            },
+        )
+    assert answer == booking_verdict(**situation)
+
+
 @pytest.fixture
 def situation(db, make_user, make_event):
     """An event with the seats left and the limit of a case, and a user holding some of them."""
@@ -46,7 +138,7 @@ def situation(db, make_user, make_event):
         waiting = bool(waitlist and held and not seats_left)
         taken = 3 if waitlist and max_per_user < 8 else 0
         event = make_event(
-            capacity=seats_left + taken + (0 if waiting else held),
+            capacity=capacity_of(waitlist, seats_left, max_per_user, held),
             available=seats_left,
             max_per_user=max_per_user,
             starts_in=timedelta(hours=-1 if started else 24),
@@ -170,5 +262,5 @@ def test_the_seat_snapshot(
         event.seat_capacity if waitlist else 0,
         seen=time.monotonic(),
     )
-    refused = snapshots.sold_out(event.id, quantity) is not None
+    refused = snapshots.seats_left_if_sold_out(event.id, quantity) is not None
     assert refused == (_intake_verdict(db, event.id, quantity) == "sold_out")

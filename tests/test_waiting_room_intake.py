@@ -27,7 +27,7 @@ from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeRequest, write_batch
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate
-from common.bookings.service import new_booking_id, request_booking, request_hash
+from common.bookings.service import new_booking_id, request_hash, store_request_alone
 from common.channels import event_channel
 from common.errors import QueueFull
 from common.events.models import Event
@@ -176,7 +176,7 @@ def test_a_retry_takes_no_number_in_the_line(session_factory, db, make_user, mak
 
     def alone(key: str | None) -> tuple[Booking, bool]:
         with session_factory.begin() as session:
-            return request_booking(
+            return store_request_alone(
                 session, user.id, data, idempotency_key=key, signal=lambda _: None
             )
 
@@ -286,6 +286,7 @@ def test_a_full_line_is_503_and_says_when_to_come_back(
     assert stored == 3
 
 
+@pytest.mark.fast
 def test_retry_after_follows_the_pace_of_the_line():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     clock = [1000.0]
@@ -314,14 +315,15 @@ def test_retry_after_follows_the_pace_of_the_line():
 # ---------------------------------------------------------------- refusals from memory
 
 
+@pytest.mark.fast
 def test_a_waitlist_event_is_never_refused_from_memory():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts = time.time() + 3600
     snapshots.observe(1, 0, 5, 4, starts, 3, seen=time.monotonic())  # a waitlist, 3 seats
     snapshots.observe(2, 0, 5, 4, starts, 0, seen=time.monotonic())
-    assert snapshots.sold_out(1, 2) is None
-    assert snapshots.sold_out(1, 4) == 0  # more than the event holds: never seated
-    assert snapshots.sold_out(2, 2) == 0
+    assert snapshots.seats_left_if_sold_out(1, 2) is None
+    assert snapshots.seats_left_if_sold_out(1, 4) == 0  # more than the event holds: never seated
+    assert snapshots.seats_left_if_sold_out(2, 2) == 0
 
     # An admin turns the waitlist on (event_updated), then a seat message keeps it on.
     updated = {
@@ -333,17 +335,17 @@ def test_a_waitlist_event_is_never_refused_from_memory():
         "waitlistEnabled": True,
     }
     snapshots.on_message("event", 2, {"type": "event_updated", "data": updated})
-    assert snapshots.sold_out(2, 2) is None
+    assert snapshots.seats_left_if_sold_out(2, 2) is None
     seat = {"availableSeats": 0, "version": 7, "line": {"through": 3, "gone": []}}
     snapshots.on_message("event", 2, {"type": "line_update", "data": seat})
-    assert snapshots.sold_out(2, 2) is None
+    assert snapshots.seats_left_if_sold_out(2, 2) is None
     # Off again: sold out is refused from memory as before.
     snapshots.on_message(
         "event",
         2,
         {"type": "event_updated", "data": {**updated, "version": 8, "waitlistEnabled": False}},
     )
-    assert snapshots.sold_out(2, 2) == 0
+    assert snapshots.seats_left_if_sold_out(2, 2) == 0
 
 
 def test_the_intake_stores_a_request_a_waitlist_event_cannot_seat(

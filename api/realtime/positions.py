@@ -26,8 +26,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.bookings import service as bookings_service
@@ -36,8 +37,20 @@ from common.bookings.models import IN_LINE
 from common.db import session_scope
 from common.pubsub import encode, now_iso
 
-if TYPE_CHECKING:
-    from api.realtime.connections import Client, ConnectionManager
+
+# What ``load`` and ``reload`` use of api.realtime.connections' Client and ConnectionManager,
+# named here so that module imports this one and not the other way round.
+class Client(Protocol):
+    user_id: int
+    waits: bool | None
+
+
+class ConnectionManager(Protocol):
+    session_factory: sessionmaker[Session]
+    positions: Positions
+
+    def offer(self, client: Any, item: str) -> bool: ...
+
 
 logger = logging.getLogger(__name__)
 

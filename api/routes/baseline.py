@@ -114,7 +114,7 @@ async def create_booking_sync(
 
 
 async def book(factory: sessionmaker[Session], user_id: int, body: BookingCreate) -> JSONResponse:
-    """The route once parsed: the route above and the lean path (api.fastpath), so the baseline
+    """The route once parsed: the route above and the lean path (api.lean_path), so the baseline
     runs on the same HTTP layer as the queued intake."""
     booking = await run_in_threadpool(book_synchronously, factory, user_id, body)
     return JSONResponse(

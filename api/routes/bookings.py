@@ -156,10 +156,10 @@ async def accept_booking(
     idempotency_key: str | None,
     prefer: str | None,
 ) -> JSONResponse:
-    """POST /api/bookings once parsed: the route above and the lean path (api.fastpath)."""
+    """POST /api/bookings once parsed: the route above and the lean path (api.lean_path)."""
     wait = wait_seconds(prefer, settings.MAX_WAIT)
     if idempotency_key is None:
-        left = seats.sold_out(body.event_id, body.quantity)
+        left = seats.seats_left_if_sold_out(body.event_id, body.quantity)
         if left is not None:  # refused from memory: nothing to store, no round trip
             raise SoldOut(details=[{"field": "quantity", "message": f"{left} seats left"}])
     booking_id = service.new_booking_id()
@@ -361,7 +361,7 @@ async def read_booking(
     booking_id: str,
     prefer: str | None,
 ) -> JSONResponse:
-    """GET /api/bookings/{id} once parsed: the route above and the lean path (api.fastpath)."""
+    """GET /api/bookings/{id} once parsed: the route above and the lean path (api.lean_path)."""
     wait = wait_seconds(prefer, settings.MAX_WAIT)
     reload = lambda: _reload(factory, user_id, booking_id)  # noqa: E731
     if not wait:

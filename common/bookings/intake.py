@@ -5,9 +5,9 @@ milliseconds are stored by one multi-row statement and one commit.
 started, the quantity is within the event's limit, the event shows the seats or has a
 waitlist, the user's pending cap, exact across batches and processes by
 ``service.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
-every request of the batch at once, and answers each one with what ``service.request_booking``
-would have: its booking or its domain error. Signals go out after the commit, one per event
-per batch, not one per request.
+every request of the batch at once, and answers each one with what
+``service.store_request_alone`` would have: its booking or its domain error. Signals go out
+after the commit, one per event per batch, not one per request.
 
 If the statement fails for one request's sake (a foreign key whose row was deleted
 meanwhile), each request of the batch is stored again alone, the same statement with one row,

@@ -59,8 +59,3 @@ def position_of(status: str, seq: int, through: int, gone: Sequence[int]) -> int
     if status not in IN_LINE:
         return None
     return queue_position(seq, through, gone)
-
-
-def line_length(arrived: int, through: int, gone: Sequence[int]) -> int:
-    """How many requests are in the line when ``arrived`` have been numbered."""
-    return arrived - through - len(gone)

@@ -149,7 +149,8 @@ ORDER BY f.ord
 )
 # What intake stores: the verdicts of a request the worker will decide.
 STORED = ("confirmed", "waitlisted")
-# The foreign keys intake's insert can trip when its row is deleted under it (see request_booking).
+# The foreign keys intake's insert can trip when its row is deleted under it
+# (see store_request_alone).
 GONE_WITH_THE_ROW: dict[str, type[DomainError]] = {
     "fk_bookings_event_id_events": EventNotFound,
     "fk_bookings_user_id_users": InvalidToken,
@@ -217,7 +218,7 @@ def gone_with_the_row(exc: IntegrityError) -> DomainError | None:
     return None if gone is None else gone()
 
 
-def request_booking(
+def store_request_alone(
     session: Session,
     user_id: int,
     data: BookingCreate,
@@ -228,7 +229,9 @@ def request_booking(
     max_line: int | None = None,
     booking_id: str | None = None,
 ) -> tuple[Booking, bool]:
-    """Record a booking request as pending. Returns the booking and whether it is new.
+    """Record one booking request as pending, in a transaction of its own (the caller's), outside
+    the group commit of ``common.bookings.intake``, which is how the API stores requests: the
+    same statement with one row. Returns the booking and whether it is new.
 
     Only what is cheap is checked here: the user (a token of a deleted user is refused), the
     event exists and has not started, the quantity is allowed, the user has fewer than

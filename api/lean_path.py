@@ -1,6 +1,6 @@
 """The lean path: POST /api/bookings and GET /api/bookings/{id} without the framework's layers.
 
-A flash sale is thousands of the same two small requests. ``FastPath`` is a pure ASGI layer in
+A flash sale is thousands of the same two small requests. ``LeanPath`` is a pure ASGI layer in
 front of every middleware, FastAPI's own outer layers included (``App``): when a request is
 one of those two in its plain form (one allowed Host, a ``Bearer`` token,
 ``Content-Type: application/json``, a small body that ``BookingCreate`` accepts as it is, no
@@ -81,7 +81,7 @@ class App(FastAPI):
     the lifespan has installed it (``install``); until then, and without ``LEAN_PATH``, plain
     FastAPI."""
 
-    lean: FastPath | None = None
+    lean: LeanPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lean = self.lean
@@ -95,7 +95,7 @@ class App(FastAPI):
 def install(app: App) -> None:
     """Put the lean path in front of ``app``: from its lifespan, once the state it uses is
     built, and only with ``LEAN_PATH``."""
-    app.lean = FastPath(app)
+    app.lean = LeanPath(app)
 
 
 def uninstall(app: App) -> None:
@@ -118,7 +118,7 @@ def _middleware(app: FastAPI, cls: Any) -> dict[str, Any]:
     raise LookupError(f"{cls.__name__} is not installed")
 
 
-class FastPath:
+class LeanPath:
     def __init__(self, app: App) -> None:
         self.app: ASGIApp = partial(FastAPI.__call__, app)
         self.state = app.state
