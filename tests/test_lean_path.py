@@ -434,6 +434,8 @@ def test_what_the_full_stack_applies_to_the_lean_routes_is_frozen(settings, engi
     app = create_app(settings)
     stack = [(getattr(m.cls, "__name__", "?"), sorted(m.kwargs)) for m in app.user_middleware]
     assert stack == [
+        # Acts on WebSocket scopes only (api/realtime/frames.py): nothing for the lean path.
+        ("RawSend", []),
         ("MetricsMiddleware", []),
         ("RequestIdMiddleware", []),
         ("AllowedHostsMiddleware", ["allowed"]),
