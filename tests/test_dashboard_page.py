@@ -157,7 +157,12 @@ def test_holds_and_webhook_deliveries_are_shown_and_holds_followed_live(
     expect(page.locator("#holds-new")).to_have_text("5", timeout=WAIT_MS)
     expect(page.locator("#holds-outstanding")).to_have_text("5")
     expect(page.locator("#sold")).to_have_text("10")
+    expect(page.locator("#holds-expiring")).to_have_text("5 holds")  # 8 s holds: all end soon
+    expect(page.locator("#decisions tr").first.locator("td").nth(2)).not_to_have_text("0")
     page.screenshot(path=str(RUN_DIR / "dashboard-holds.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(RUN_DIR / "dashboard-holds-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
     expect(page.locator("#holds-expired")).to_have_text("5", timeout=WAIT_MS)
     expect(page.locator("#holds-outstanding")).to_have_text("0")
     expect(page.locator("#sold")).to_have_text("0", timeout=WAIT_MS)

@@ -95,6 +95,12 @@ function handle(message) {
     const event = state.events.get(data.eventId);
     if (!event) return;
     const previous = event.version;
+    // A subscription answered after batches the read did not see: their held and expired
+    // counts never come as messages, so the focused event is read again.
+    if (message.type === "subscribed" && event.id === state.focusId && data.version > previous) {
+      load();
+      return;
+    }
     const what = applyEventState(event, data);
     if (!what) return;
     event.sold = event.seatCapacity - event.availableSeats;
@@ -104,6 +110,10 @@ function handle(message) {
     if (SEAT_MESSAGES.has(message.type) && message.type !== "line_update") addBatch(data, data.version - previous - 1);
     if (SEAT_MESSAGES.has(message.type) && state.holds) {
       state.holds.made += data.held ?? 0;
+      // A batch's holds share an end: holdSeconds after its decision (the message's time).
+      if (data.held && state.holds.holdSeconds) {
+        state.holds.ends.push({ at: Date.parse(data.timestamp) + state.holds.holdSeconds * 1000, bookings: data.held });
+      }
       state.holds.expiredSince += data.expired ?? 0;
       showHolds();
     }
@@ -186,13 +196,13 @@ function showFocus(focus, readAt) {
   if (changed) { state.samples = []; state.rates = [[], [], []]; }
   $("decisions").replaceChildren();
   for (const batch of focus.decisions.slice().reverse()) {
-    addBatchRow(batch.at, [batch.confirmed, batch.rejected, "—", batch.cancelled, "—"], "");
+    addBatchRow(batch.at, [batch.confirmed, "—", batch.rejected, "—", batch.cancelled, "—"], "");
   }
   drawCharts();
   showFigures(event);
   // The server's clock, as far as the read tells it: ages and countdowns are on its time.
   state.clockSkew = Date.parse(readAt) - Date.now();
-  state.holds = { ...focus.holds, made: 0, expiredSince: 0 };
+  state.holds = { ...focus.holds, made: 0, expiredSince: 0, ends: [] };
   state.webhooks = focus.webhooks;
   showHolds();
   showWebhooks();
@@ -215,8 +225,13 @@ function showHolds() {
   if (off) return;
   $("holds-outstanding").textContent = Math.max(0, h.bookings + h.made - h.expiredSince).toLocaleString();
   $("holds-seats").textContent = h.seats.toLocaleString();
-  $("holds-expiring").textContent = `${h.expiringBookings.toLocaleString()} (${h.expiringSeats.toLocaleString()} seats)`;
-  const next = h.nextExpiresAt ? Date.parse(h.nextExpiresAt) - serverNow() : null;
+  const now = serverNow();
+  h.ends = h.ends.filter((e) => e.at > now);
+  const soon = h.ends.filter((e) => e.at - now <= h.soonSeconds * 1000).reduce((n, e) => n + e.bookings, 0);
+  $("holds-expiring").textContent = `${(h.expiringBookings + soon).toLocaleString()} holds`;
+  const ends = h.ends.map((e) => e.at);
+  if (h.nextExpiresAt && Date.parse(h.nextExpiresAt) > now) ends.push(Date.parse(h.nextExpiresAt));
+  const next = ends.length ? Math.min(...ends) - now : null;
   $("holds-next").textContent = next == null ? "—" : next > 0 ? duration(next) : "now";
   $("holds-new").textContent = h.made.toLocaleString();
   $("holds-expired").textContent = h.expiredSince.toLocaleString();
@@ -268,7 +283,8 @@ function addSalePoint(t, sold, redraw = true) {
 }
 
 function addBatch(data, merged) {
-  const cells = [data.confirmed ?? 0, data.rejected ?? 0, data.waitlisted ?? 0, data.cancelled ?? 0, data.availableSeats];
+  const cells = [data.confirmed ?? 0, data.held ?? 0, data.rejected ?? 0, data.waitlisted ?? 0,
+                 (data.cancelled ?? 0) + (data.expired ?? 0), data.availableSeats];
   addBatchRow(data.timestamp, cells, merged > 0 ? `+${merged} merged` : "");
 }
 
@@ -277,7 +293,7 @@ function addBatchRow(at, values, note) {
   const row = body.insertRow(0);
   const time = cell(row, "Time", "time");
   time.textContent = new Date(at).toLocaleTimeString() + (note ? ` (${note})` : "");
-  const labels = ["Confirmed", "Refused", "Waitlisted", "Cancelled", "Seats left"];
+  const labels = ["Confirmed", "Held", "Refused", "Waitlisted", "Cancelled or expired", "Seats left"];
   values.forEach((v, i) => { cell(row, labels[i], "num").textContent = v; });
   while (body.rows.length > RECENT_ROWS) body.deleteRow(body.rows.length - 1);
 }
