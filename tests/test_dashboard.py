@@ -125,3 +125,88 @@ def test_pages_run_only_our_own_files(client):
     assert chart.status_code == 200 and chart.headers["content-type"].startswith("text/javascript")
     assert "MIT" in client.get("/static/vendor/uPlot.LICENSE").text
     assert client.get("/static/../common/settings.py").status_code == 404
+
+
+def test_the_snapshot_shows_holds_outstanding_and_expiring(
+    client, engine, make_user, hold_event, auth
+):
+    admin, buyer = make_user(role="admin"), make_user()
+    event = hold_event(seconds=900, capacity=20, available=11)
+    now = datetime.now(UTC)
+    for quantity, ends_in in ((2, 30), (3, 45), (4, 600)):
+        add_booking(engine, event.id, buyer.id, quantity, "held", now)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE bookings SET expires_at = now() + make_interval(secs => :s)"
+                    " WHERE event_id = :e AND quantity = :q"
+                ),
+                {"s": ends_in, "e": event.id, "q": quantity},
+            )
+    add_booking(engine, event.id, buyer.id, 5, "expired", now)  # over: not outstanding
+
+    holds = client.get("/api/dashboard", headers=auth(admin)).json()["data"]["focus"]["holds"]
+    assert holds["holdSeconds"] == 900
+    assert (holds["bookings"], holds["seats"]) == (3, 9)
+    assert (holds["expiringBookings"], holds["expiringSeats"], holds["soonSeconds"]) == (2, 5, 60)
+    soonest = datetime.fromisoformat(holds["nextExpiresAt"])
+    assert now + timedelta(seconds=25) < soonest < now + timedelta(seconds=35)
+
+
+def test_the_snapshot_shows_the_callers_webhook_deliveries_for_the_event(
+    client, engine, make_user, make_event, auth
+):
+    creator, other = make_user(), make_user()
+    event = make_event(created_by=creator.id, name="Hooked")
+    elsewhere = make_event(created_by=creator.id, name="Other show")
+
+    def endpoint(owner: int, event_id: int | None, reason: str | None = None) -> int:
+        with engine.begin() as conn:
+            return conn.scalar(
+                text(
+                    "INSERT INTO webhook_endpoints (owner_id, url, event_id, enabled,"
+                    " disabled_reason, secret) VALUES (:o, :u, :e, :en, :r, 'whsec_x')"
+                    " RETURNING id"
+                ),
+                {
+                    "o": owner,
+                    "u": f"https://hooks.example/{owner}/{event_id}",
+                    "e": event_id,
+                    "en": reason is None,
+                    "r": reason,
+                },
+            )
+
+    every = endpoint(creator.id, None)
+    gone = endpoint(creator.id, event.id, reason="410 Gone: the receiver asked to stop")
+    endpoint(creator.id, elsewhere.id)  # hears another event only
+    endpoint(other.id, None)  # someone else's
+    with engine.begin() as conn:
+        for endpoint_id, state, age in (
+            (every, "delivered", 0),
+            (every, "delivered", 0),
+            (every, "failed", 0),
+            (every, "pending", 90),
+            (every, "pending", 5),
+            (gone, "pending", 30),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO webhook_messages (endpoint_id, log_id, event_type, state,"
+                    " created_at) VALUES (:e, 1, 'booking.confirmed', :s,"
+                    " now() - make_interval(secs => :a))"
+                ),
+                {"e": endpoint_id, "s": state, "a": age},
+            )
+
+    data = client.get("/api/dashboard", headers=auth(creator)).json()["data"]
+    read_at = datetime.fromisoformat(data["readAt"])
+    hooks = {h["id"]: h for h in data["focus"]["webhooks"]}
+    assert set(hooks) == {every, gone}
+    assert (hooks[every]["delivered"], hooks[every]["failed"], hooks[every]["pending"]) == (2, 1, 2)
+    queue_age = read_at - datetime.fromisoformat(hooks[every]["oldestPendingAt"])
+    assert timedelta(seconds=85) < queue_age < timedelta(seconds=95)
+    assert hooks[every]["enabled"] and hooks[every]["disabledReason"] is None
+    assert not hooks[gone]["enabled"]
+    assert hooks[gone]["disabledReason"] == "410 Gone: the receiver asked to stop"
+    assert hooks[gone]["pending"] == 1

@@ -110,3 +110,70 @@ def test_a_buyer_sees_no_one_elses_dashboard(page: Page, api, make_user, make_ev
     )
     expect(page.locator("#events tr")).to_have_count(0)
     expect(page.locator("#focus")).to_be_hidden()
+
+
+def test_holds_and_webhook_deliveries_are_shown_and_holds_followed_live(
+    page: Page,  # noqa: F811
+    api,  # noqa: F811
+    engine,
+    make_user,
+    hold_event,
+    token_for,
+):
+    admin = make_user(role="admin", email="holds-organiser@example.com")
+    sale = hold_event(seconds=8, capacity=20, max_per_user=2, name="Held Sale", created_by=admin.id)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO webhook_endpoints (owner_id, url, enabled, disabled_reason, secret)"
+                " VALUES (:o, 'https://tickets.example/hooks', false,"
+                " '12 consecutive failed attempts; the last: HTTP 500', 'whsec_x')"
+            ),
+            {"o": admin.id},
+        )
+    log_in(page, f"{api.url}/dashboard", admin.email)
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    expect(page.locator("#focus-title")).to_have_text("Held Sale", timeout=WAIT_MS)
+    expect(page.locator("#holds-outstanding")).to_have_text("0")
+    hook = page.locator("#webhook-rows tr")
+    expect(hook).to_have_count(1)
+    expect(hook.locator(".url")).to_have_text("https://tickets.example/hooks")
+    expect(hook.locator(".state")).to_have_text(
+        "disabled: 12 consecutive failed attempts; the last: HTTP 500"
+    )
+
+    def buy(who: Any) -> None:
+        response = httpx.post(
+            f"{api.url}/api/bookings",
+            json={"eventId": sale.id, "quantity": 2},
+            headers={"Authorization": f"Bearer {token_for(who)}", "Prefer": "wait=30"},
+            timeout=60,
+        )
+        assert response.json()["data"]["status"] == "held", response.text
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(buy, [make_user() for _ in range(5)]))
+    # Held from the stream, without a reload; then left alone, they expire, also from the stream.
+    expect(page.locator("#holds-new")).to_have_text("5", timeout=WAIT_MS)
+    expect(page.locator("#holds-outstanding")).to_have_text("5")
+    expect(page.locator("#sold")).to_have_text("10")
+    expect(page.locator("#holds-expiring")).to_have_text("5 holds")  # 8 s holds: all end soon
+    expect(page.locator("#decisions tr").first.locator("td").nth(2)).not_to_have_text("0")
+    page.screenshot(path=str(RUN_DIR / "dashboard-holds.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(RUN_DIR / "dashboard-holds-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+    expect(page.locator("#holds-expired")).to_have_text("5", timeout=WAIT_MS)
+    expect(page.locator("#holds-outstanding")).to_have_text("0")
+    expect(page.locator("#sold")).to_have_text("0", timeout=WAIT_MS)
+    with engine.connect() as conn:
+        expired = conn.scalar(
+            text("SELECT count(*) FROM bookings WHERE event_id = :id AND status = 'expired'"),
+            {"id": sale.id},
+        )
+    assert expired == 5
+    # Read again, the snapshot agrees: nothing outstanding.
+    page.reload()
+    expect(page.locator("#focus-title")).to_have_text("Held Sale", timeout=WAIT_MS)
+    expect(page.locator("#holds-outstanding")).to_have_text("0")
+    expect(page.locator("#holds-seats")).to_have_text("0")

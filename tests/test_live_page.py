@@ -4,6 +4,7 @@ and a real worker. ``make test`` run as root installs Chromium when it is missin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from playwright.sync_api import Page, ViewportSize, expect, sync_playwright
 from sqlalchemy import Engine, text
 
-from tests.conftest import RUN_DIR, ApiProcess
+from devstack import RedisServer
+from tests.conftest import RUN_DIR, ApiProcess, WorkerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -50,6 +52,24 @@ def api(engine: Engine, worker: Any) -> Iterator[ApiProcess]:
     proc = ApiProcess("api-live-page").start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def warning_stack(engine: Engine, private_broker: dict[str, str]) -> Iterator[ApiProcess]:
+    """An API and a worker of the test's own (a private Redis) that warn 4 s before a hold
+    ends: the session's worker warns 60 s before, longer than a test should wait."""
+    server = RedisServer().start()
+    env = {**private_broker, "REDIS_URL": server.url}
+    worker = WorkerProcess("live-page-holds-worker", **env, HOLD_WARNING_SECONDS="4")  # type: ignore[arg-type]
+    api = ApiProcess("live-page-holds-api", **env)
+    try:
+        worker.start()
+        api.start()
+        yield api
+    finally:
+        api.stop()
+        worker.stop()
+        server.close()
 
 
 def log_in(page: Page, url: str, email: str) -> None:
@@ -187,3 +207,100 @@ def test_a_buyer_waits_moves_up_is_promoted_and_cancels_by_clicking(
             {"id": event.id, "u": buyer.id},
         )
     assert status == "cancelled"
+
+
+def test_a_buyer_sees_a_hold_count_down_and_confirms_it_by_clicking(
+    page: Page, api, engine, make_user, hold_event
+):
+    buyer = make_user(email="holder@example.com")
+    event = hold_event(seconds=600, capacity=10, name="Held Gig")
+
+    log_in(page, f"{api.url}/live", buyer.email)
+    row = page.locator(f'tr[data-event-id="{event.id}"]')
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    page.get_by_label("Seats for Held Gig", exact=True).fill("2")
+    page.get_by_role("button", name="Book: Held Gig").click()
+
+    mine = page.locator("#bookings tr")
+    expect(mine.locator(".status")).to_have_text("held for you", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("8", timeout=WAIT_MS)  # held seats are taken
+    countdown = mine.locator(".countdown")
+    expect(countdown).to_have_text(re.compile(r"^(10:00|9:[0-5]\d) left$"), timeout=WAIT_MS)
+    first = countdown.inner_text()
+    expect(countdown).not_to_have_text(first, timeout=WAIT_MS)  # it counts down on its own
+    expect(page.locator("#message")).to_contain_text("confirm to keep them", timeout=WAIT_MS)
+    page.screenshot(path=str(RUN_DIR / "live-page-hold.png"), full_page=True)
+    page.set_viewport_size(ViewportSize(width=390, height=844))
+    page.screenshot(path=str(RUN_DIR / "live-page-hold-phone.png"), full_page=True)
+
+    mine.get_by_role("button", name="Confirm 2 seats for Held Gig").click()
+    expect(mine.locator(".status")).to_have_text("confirmed", timeout=WAIT_MS)
+    expect(countdown).to_have_text("")
+    expect(mine.get_by_role("button", name="Confirm 2 seats for Held Gig")).to_have_count(0)
+    expect(mine.get_by_role("button", name="Cancel 2 seats for Held Gig")).to_be_visible()
+    expect(row.locator(".available")).to_have_text("8")
+    with engine.connect() as conn:
+        status = conn.scalar(
+            text("SELECT status FROM bookings WHERE event_id = :id"), {"id": event.id}
+        )
+    assert status == "confirmed"
+
+
+def test_a_hold_left_alone_warns_then_expires(
+    page: Page, warning_stack: ApiProcess, engine, make_user, hold_event
+):
+    buyer = make_user(email="slow@example.com")
+    event = hold_event(seconds=8, capacity=5, name="Quick Hold")
+
+    log_in(page, f"{warning_stack.url}/live", buyer.email)
+    row = page.locator(f'tr[data-event-id="{event.id}"]')
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    page.get_by_role("button", name="Book: Quick Hold").click()
+    mine = page.locator("#bookings tr")
+    expect(mine.locator(".status")).to_have_text("held for you", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("4", timeout=WAIT_MS)
+
+    # hold_expiring: said in the live region, and the countdown is marked.
+    expect(page.locator("#message")).to_contain_text(
+        "Hurry: your hold on Quick Hold ends in", timeout=WAIT_MS
+    )
+    expect(mine.locator(".countdown.ending")).to_have_count(1)
+
+    # Left alone, it expires: the row says so, the seat is back, the buttons are gone.
+    expect(mine.locator(".status")).to_have_text("expired", timeout=WAIT_MS)
+    expect(row.locator(".available")).to_have_text("5", timeout=WAIT_MS)
+    expect(mine.get_by_role("button")).to_have_count(0)
+    expect(page.locator("#message")).to_contain_text("ran out before it was confirmed")
+    with engine.connect() as conn:
+        status = conn.scalar(
+            text("SELECT status FROM bookings WHERE event_id = :id"), {"id": event.id}
+        )
+    assert status == "expired"
+
+
+def test_confirming_after_the_hold_ended_says_so_in_words(
+    page: Page, api, engine, make_user, hold_event
+):
+    buyer = make_user(email="late-payer@example.com")
+    event = hold_event(seconds=600, capacity=5, name="Late Payer Gig")
+    log_in(page, f"{api.url}/live", buyer.email)
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    page.get_by_role("button", name="Book: Late Payer Gig").click()
+    mine = page.locator("#bookings tr")
+    expect(mine.locator(".status")).to_have_text("held for you", timeout=WAIT_MS)
+
+    # The database's clock passes the hold's end before its expiry runs (a page whose clock is
+    # behind, or a late click): the server refuses with HOLD_EXPIRED and the page says so.
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE bookings SET expires_at = now() - interval '1 second' WHERE event_id = :id"
+            ),
+            {"id": event.id},
+        )
+    mine.get_by_role("button", name="Confirm 1 seat for Late Payer Gig").click()
+    expect(page.locator("#message")).to_contain_text(
+        "Too late to confirm Late Payer Gig: the hold ran out", timeout=WAIT_MS
+    )
+    expect(mine.locator(".status")).to_have_text("expired")
+    expect(mine.get_by_role("button")).to_have_count(0)

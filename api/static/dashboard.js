@@ -10,7 +10,8 @@ const RECENT_ROWS = 10;
 
 const state = { q: "", offset: 0, total: 0, focusId: null, events: new Map(), rows: new Map(),
                 subscribed: new Set(), socket: null, sales: [[], []], rates: [[], [], []],
-                samples: [], salesChart: null, ratesChart: null, chartEventId: null };
+                samples: [], salesChart: null, ratesChart: null, chartEventId: null,
+                holds: null, webhooks: [], clockSkew: 0 };
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -94,6 +95,12 @@ function handle(message) {
     const event = state.events.get(data.eventId);
     if (!event) return;
     const previous = event.version;
+    // A subscription answered after batches the read did not see: their held and expired
+    // counts never come as messages, so the focused event is read again.
+    if (message.type === "subscribed" && event.id === state.focusId && data.version > previous) {
+      load();
+      return;
+    }
     const what = applyEventState(event, data);
     if (!what) return;
     event.sold = event.seatCapacity - event.availableSeats;
@@ -101,6 +108,15 @@ function handle(message) {
     if (event.id !== state.focusId) return;
     if (what === "seats") addSalePoint(Date.parse(data.timestamp) / 1000, event.sold);
     if (SEAT_MESSAGES.has(message.type) && message.type !== "line_update") addBatch(data, data.version - previous - 1);
+    if (SEAT_MESSAGES.has(message.type) && state.holds) {
+      state.holds.made += data.held ?? 0;
+      // A batch's holds share an end: holdSeconds after its decision (the message's time).
+      if (data.held && state.holds.holdSeconds) {
+        state.holds.ends.push({ at: Date.parse(data.timestamp) + state.holds.holdSeconds * 1000, bookings: data.held });
+      }
+      state.holds.expiredSince += data.expired ?? 0;
+      showHolds();
+    }
     showFigures(event);
     return;
   }
@@ -180,10 +196,72 @@ function showFocus(focus, readAt) {
   if (changed) { state.samples = []; state.rates = [[], [], []]; }
   $("decisions").replaceChildren();
   for (const batch of focus.decisions.slice().reverse()) {
-    addBatchRow(batch.at, [batch.confirmed, batch.rejected, "—", batch.cancelled, "—"], "");
+    addBatchRow(batch.at, [batch.confirmed, "—", batch.rejected, "—", batch.cancelled, "—"], "");
   }
   drawCharts();
   showFigures(event);
+  // The server's clock, as far as the read tells it: ages and countdowns are on its time.
+  state.clockSkew = Date.parse(readAt) - Date.now();
+  state.holds = { ...focus.holds, made: 0, expiredSince: 0, ends: [] };
+  state.webhooks = focus.webhooks;
+  showHolds();
+  showWebhooks();
+}
+
+function serverNow() { return Date.now() + state.clockSkew; }
+
+function duration(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function showHolds() {
+  const h = state.holds;
+  const off = h.holdSeconds == null && h.bookings === 0;
+  $("holds-off").hidden = !off;
+  $("holds-tiles").hidden = off;
+  if (off) return;
+  $("holds-outstanding").textContent = Math.max(0, h.bookings + h.made - h.expiredSince).toLocaleString();
+  $("holds-seats").textContent = h.seats.toLocaleString();
+  const now = serverNow();
+  h.ends = h.ends.filter((e) => e.at > now);
+  const soon = h.ends.filter((e) => e.at - now <= h.soonSeconds * 1000).reduce((n, e) => n + e.bookings, 0);
+  $("holds-expiring").textContent = `${(h.expiringBookings + soon).toLocaleString()} holds`;
+  const ends = h.ends.map((e) => e.at);
+  if (h.nextExpiresAt && Date.parse(h.nextExpiresAt) > now) ends.push(Date.parse(h.nextExpiresAt));
+  const next = ends.length ? Math.min(...ends) - now : null;
+  $("holds-next").textContent = next == null ? "—" : next > 0 ? duration(next) : "now";
+  $("holds-new").textContent = h.made.toLocaleString();
+  $("holds-expired").textContent = h.expiredSince.toLocaleString();
+}
+
+function showWebhooks() {
+  const body = $("webhook-rows");
+  body.replaceChildren();
+  $("webhooks-none").hidden = state.webhooks.length > 0;
+  for (const w of state.webhooks) {
+    const row = body.insertRow();
+    row.dataset.endpointId = w.id;
+    cell(row, "Endpoint", "url").textContent = w.url;
+    cell(row, "Hears", "scope").textContent = w.eventId == null ? "all your events" : "this event";
+    cell(row, "Delivered", "num delivered").textContent = w.delivered.toLocaleString();
+    cell(row, "Failed", "num failed").textContent = w.failed.toLocaleString();
+    cell(row, "Waiting", "num pending").textContent = w.pending.toLocaleString();
+    cell(row, "Oldest waiting", "num age");
+    const stateCell = cell(row, "State", "state");
+    stateCell.textContent = w.enabled ? "enabled" : `disabled: ${w.disabledReason || "by its owner"}`;
+    stateCell.classList.toggle("error", !w.enabled);
+  }
+  tickWebhooks();
+}
+
+function tickWebhooks() {
+  for (const row of $("webhook-rows").rows) {
+    const w = state.webhooks.find((x) => String(x.id) === row.dataset.endpointId);
+    row.querySelector(".age").textContent = w && w.oldestPendingAt ? duration(serverNow() - Date.parse(w.oldestPendingAt)) : "—";
+  }
 }
 
 function showFigures(event) {
@@ -205,7 +283,8 @@ function addSalePoint(t, sold, redraw = true) {
 }
 
 function addBatch(data, merged) {
-  const cells = [data.confirmed ?? 0, data.rejected ?? 0, data.waitlisted ?? 0, data.cancelled ?? 0, data.availableSeats];
+  const cells = [data.confirmed ?? 0, data.held ?? 0, data.rejected ?? 0, data.waitlisted ?? 0,
+                 (data.cancelled ?? 0) + (data.expired ?? 0), data.availableSeats];
   addBatchRow(data.timestamp, cells, merged > 0 ? `+${merged} merged` : "");
 }
 
@@ -214,7 +293,7 @@ function addBatchRow(at, values, note) {
   const row = body.insertRow(0);
   const time = cell(row, "Time", "time");
   time.textContent = new Date(at).toLocaleTimeString() + (note ? ` (${note})` : "");
-  const labels = ["Confirmed", "Refused", "Waitlisted", "Cancelled", "Seats left"];
+  const labels = ["Confirmed", "Held", "Refused", "Waitlisted", "Cancelled or expired", "Seats left"];
   values.forEach((v, i) => { cell(row, labels[i], "num").textContent = v; });
   while (body.rows.length > RECENT_ROWS) body.deleteRow(body.rows.length - 1);
 }
@@ -222,6 +301,8 @@ function addBatchRow(at, values, note) {
 // Every second: requests and decisions per second over the last RATE_WINDOW, from how far the
 // focused event's line has moved (both only grow, so merged or lost messages cost nothing).
 function tick() {
+  if (state.holds) showHolds();
+  tickWebhooks();
   const event = state.events.get(state.focusId);
   const line = event && lineFigures(event.line);
   if (!line) return;

@@ -5,8 +5,9 @@
 const state = { user: null, events: new Map(), bookings: new Map(), names: new Map(),
                 socket: null, eventRows: new Map(), bookingRows: new Map() };
 const IN_LINE = new Set(["pending", "waitlisted"]);
-const STATUS_WORDS = { pending: "in line", waitlisted: "waitlisted", confirmed: "confirmed",
-                       rejected: "refused", cancelled: "cancelled" };
+const STATUS_WORDS = { pending: "in line", waitlisted: "waitlisted", held: "held for you", confirmed: "confirmed",
+                       rejected: "refused", cancelled: "cancelled", expired: "expired" };
+const CANCELLABLE = new Set(["pending", "waitlisted", "held", "confirmed"]);
 const REASON_WORDS = { sold_out: "sold out", limit_exceeded: "over the limit per person",
                        event_past: "the event has started" };
 
@@ -49,6 +50,7 @@ async function start() {
     onExpired: () => { sessionStorage.removeItem("token"); location.reload(); },
   });
   state.socket.connect();
+  setInterval(tickHolds, 1000);
 }
 
 function handle(message) {
@@ -81,7 +83,8 @@ function handle(message) {
       break;
     }
     case "booking_status":
-      decided(data);
+      if (data.warning === "hold_expiring") warned(data);
+      else decided(data);
       break;
     case "queue_position": {
       const booking = state.bookings.get(data.bookingId);
@@ -109,16 +112,83 @@ function decided(data) {
     { bookingId: data.bookingId, eventId: data.eventId, quantity: data.quantity };
   const before = booking.status;
   Object.assign(booking, { status: data.status, reason: data.reason, queuePosition: data.queuePosition ?? null,
-                           promoted: data.promoted });
+                           promoted: data.promoted, expiresAt: data.expiresAt ?? booking.expiresAt });
   state.bookings.set(data.bookingId, booking);
   updateBooking(booking);
   if (before === data.status) return;
   const name = eventName(booking.eventId);
   const seats = `${booking.quantity} seat${booking.quantity === 1 ? "" : "s"}`;
-  if (data.status === "confirmed") say(data.promoted ? `Good news: your ${seats} for ${name} came free and are confirmed.` : `Your ${seats} for ${name} are confirmed.`);
+  if (data.status === "held") say(`${seats} for ${name} ${booking.quantity === 1 ? "is" : "are"} held for you until ${clockTime(booking.expiresAt)}: confirm to keep ${booking.quantity === 1 ? "it" : "them"}.`);
+  else if (data.status === "expired") say(`Your hold on ${seats} for ${name} ran out before it was confirmed; the seats are back on sale.`, true);
+  else if (data.status === "confirmed" && before === "held") say(`Your ${seats} for ${name} are confirmed.`);
+  else if (data.status === "confirmed") say(data.promoted ? `Good news: your ${seats} for ${name} came free and are confirmed.` : `Your ${seats} for ${name} are confirmed.`);
   else if (data.status === "waitlisted") say(`${name} is sold out: you are on its waitlist, number ${data.queuePosition} in line.`);
   else if (data.status === "rejected") say(`Your request for ${name} was refused: ${REASON_WORDS[data.reason] || data.reason}.`, true);
   else if (data.status === "cancelled") say(`Your booking for ${name} is cancelled.`);
+}
+
+// The hold_expiring warning: the hold is unchanged, the buyer is told (the message is a live
+// region) and the row says so until the hold ends.
+function warned(data) {
+  const booking = state.bookings.get(data.bookingId);
+  if (!booking || booking.status !== "held") return;
+  booking.warned = true;
+  updateBooking(booking);
+  const seconds = Math.max(0, Math.round((Date.parse(data.expiresAt) - Date.now()) / 1000));
+  say(`Hurry: your hold on ${eventName(booking.eventId)} ends in ${spell(seconds)}. Confirm it to keep your seats.`, true);
+}
+
+function spell(seconds) {
+  if (seconds < 60) return `${seconds} second${seconds === 1 ? "" : "s"}`;
+  const minutes = Math.round(seconds / 60);
+  return `${minutes} minute${minutes === 1 ? "" : "s"}`;
+}
+
+function clockTime(iso) { return iso ? new Date(iso).toLocaleTimeString() : "its end"; }
+
+// m:ss left; the row's text changes every second, so it is not a live region (the warning is).
+function remaining(booking) {
+  const ms = Date.parse(booking.expiresAt) - Date.now();
+  if (!(ms > 0)) return "time is up";
+  const total = Math.ceil(ms / 1000);
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60), s = total % 60;
+  const mmss = `${h ? `${h}:${String(m).padStart(2, "0")}` : m}:${String(s).padStart(2, "0")}`;
+  return `${mmss} left`;
+}
+
+function tickHolds() {
+  for (const booking of state.bookings.values()) if (booking.status === "held") updateCountdown(booking);
+}
+
+function updateCountdown(booking) {
+  const row = state.bookingRows.get(booking.bookingId);
+  if (!row) return;
+  const countdown = row.querySelector(".countdown");
+  if (booking.status !== "held" || !booking.expiresAt) { countdown.textContent = ""; return; }
+  const text = remaining(booking);
+  countdown.textContent = text;
+  countdown.setAttribute("datetime", booking.expiresAt);
+  countdown.classList.toggle("ending", Boolean(booking.warned) || text === "time is up");
+}
+
+async function confirmHold(booking, button) {
+  button.disabled = true;
+  button.textContent = "Confirming…";
+  const name = eventName(booking.eventId);
+  try {
+    const read = await api(`/api/bookings/${booking.bookingId}/confirm`, { method: "POST" });
+    // The socket's booking_status may come before or after this answer: both say confirmed.
+    decided({ ...read, bookingId: booking.bookingId, eventId: booking.eventId });
+  } catch (err) {
+    button.disabled = false;
+    button.textContent = "Confirm";
+    if (err.code === "HOLD_EXPIRED") {
+      decided({ bookingId: booking.bookingId, eventId: booking.eventId, quantity: booking.quantity, status: "expired" });
+      say(`Too late to confirm ${name}: the hold ran out and its seats are back on sale. Book again if seats are left.`, true);
+    } else {
+      say(`Could not confirm your booking for ${name}: ${explain(err)}`, true);
+    }
+  }
 }
 
 async function refreshBookings() {
@@ -246,7 +316,10 @@ function updateBooking(booking) {
     cell(row, "Event", "event");
     cell(row, "Seats", "num seats");
     cell(row, "Status", "status");
-    cell(row, "Place in line", "position");
+    const position = cell(row, "Place in line or time left", "position");
+    position.append(document.createElement("span"));
+    position.firstChild.className = "place";
+    position.append(Object.assign(document.createElement("time"), { className: "countdown" }));
     cell(row, "Actions", "actions-cell");
     state.bookingRows.set(booking.bookingId, row);
     $("no-bookings").hidden = true;
@@ -259,19 +332,30 @@ function updateBooking(booking) {
   status.className = `status status-${booking.status}`;
   status.dataset.status = booking.status;
   const place = IN_LINE.has(booking.status) && booking.queuePosition != null;
-  row.querySelector(".position").textContent = place ? `${ordinal(booking.queuePosition)} in line` : "";
+  row.querySelector(".place").textContent = place ? `${ordinal(booking.queuePosition)} in line` : "";
+  updateCountdown(booking);
   const td = row.querySelector(".actions-cell");
-  const cancellable = ["pending", "waitlisted", "confirmed"].includes(booking.status);
-  if (!cancellable) {
-    const hadFocus = td.contains(document.activeElement);
-    td.replaceChildren();
-    if (hadFocus) $("bookings-title").focus();
-  } else if (!td.querySelector("button")) {
-    const button = Object.assign(document.createElement("button"), { type: "button", className: "cancel", textContent: "Cancel" });
-    button.setAttribute("aria-label", `Cancel ${booking.quantity} seat${booking.quantity === 1 ? "" : "s"} for ${eventName(booking.eventId)}`);
-    button.addEventListener("click", () => cancel(booking, button));
-    td.append(button);
+  const seats = `${booking.quantity} seat${booking.quantity === 1 ? "" : "s"} for ${eventName(booking.eventId)}`;
+  // The controls a status offers, rebuilt only when that set changes (focus stays on them).
+  const wanted = !CANCELLABLE.has(booking.status) ? "" : booking.status === "held" ? "confirm cancel" : "cancel";
+  if (td.dataset.controls === wanted) return;
+  const hadFocus = td.contains(document.activeElement);
+  td.dataset.controls = wanted;
+  td.replaceChildren();
+  if (!wanted) { if (hadFocus) $("bookings-title").focus(); return; }
+  const wrap = Object.assign(document.createElement("div"), { className: "actions" });
+  if (booking.status === "held") {
+    const confirm = Object.assign(document.createElement("button"), { type: "button", className: "confirm primary", textContent: "Confirm" });
+    confirm.setAttribute("aria-label", `Confirm ${seats}`);
+    confirm.addEventListener("click", () => confirmHold(booking, confirm));
+    wrap.append(confirm);
   }
+  const button = Object.assign(document.createElement("button"), { type: "button", className: "cancel", textContent: "Cancel" });
+  button.setAttribute("aria-label", `Cancel ${seats}`);
+  button.addEventListener("click", () => cancel(booking, button));
+  wrap.append(button);
+  td.append(wrap);
+  if (hadFocus) (wrap.querySelector(".confirm") || button).focus();
 }
 
 if (sessionStorage.getItem("token")) start().catch(() => sessionStorage.removeItem("token"));

@@ -1,6 +1,5 @@
 """What the organiser's page opens with (``GET /api/dashboard``): a page of events, and the one
-in focus in detail. Sections are fields of ``DashboardFocus``; holds and webhook deliveries join
-it as fields of their own once they exist (docs/dashboard.md)."""
+in focus in detail. Sections are fields of ``DashboardFocus`` (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -44,10 +43,38 @@ class DecisionBatch(ReadSchema):
     cancelled: int
 
 
+class HoldsRead(ReadSchema):
+    """The event's holds at the read: outstanding, and those ending within ``soon_seconds``."""
+
+    hold_seconds: int | None  # None: the event confirms at once and holds nothing
+    bookings: int
+    seats: int
+    expiring_bookings: int
+    expiring_seats: int
+    soon_seconds: int
+    next_expires_at: datetime | None
+
+
+class EndpointHealth(ReadSchema):
+    """One of the caller's webhook endpoints that hears this event (its own or all events)."""
+
+    id: int
+    url: str
+    event_id: int | None  # None: every event of the caller
+    enabled: bool
+    disabled_reason: str | None
+    delivered: int
+    failed: int
+    pending: int
+    oldest_pending_at: datetime | None  # the queue's age is the read's time minus this
+
+
 class DashboardFocus(ReadSchema):
     event: DashboardEvent
     sales: list[SalesPoint]  # oldest first; the last is the event's ``sold`` at its ``version``
     decisions: list[DecisionBatch]  # newest first
+    holds: HoldsRead
+    webhooks: list[EndpointHealth]
 
 
 class DashboardRead(Page):

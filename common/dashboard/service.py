@@ -17,6 +17,8 @@ from common.dashboard.schemas import (
     DashboardFocus,
     DashboardRead,
     DecisionBatch,
+    EndpointHealth,
+    HoldsRead,
     LineRead,
     SalesPoint,
 )
@@ -28,6 +30,9 @@ from common.users.models import User
 # A chart wider than a screen in pixels draws nothing more; a long sale is thinned to this.
 MAX_SALES_POINTS = 400
 RECENT_BATCHES = 20
+# "Expiring soon" on the page: the holds whose end falls within this of the read.
+HOLDS_SOON_SECONDS = 60
+WEBHOOK_ENDPOINTS = 20
 
 # Per instant, the seats a committed transaction confirmed (+) or gave back (-). A batch's rows
 # share its transaction time (now() in the decider), so grouping by it gives the batches. A
@@ -63,6 +68,67 @@ BATCHES_SQL = text(
     ) d GROUP BY at ORDER BY at DESC LIMIT :limit
     """
 )
+
+
+# Through idx_bookings_held_expiry: only the event's held rows are read.
+HOLDS_SQL = text(
+    """
+    SELECT count(*), coalesce(sum(quantity), 0),
+           count(*) FILTER (WHERE soon), coalesce(sum(quantity) FILTER (WHERE soon), 0),
+           min(expires_at)
+    FROM (SELECT quantity, expires_at,
+                 expires_at <= now() + make_interval(secs => :soon) AS soon
+          FROM bookings WHERE event_id = :event_id AND status = 'held') h
+    """
+)
+
+# The caller's endpoints that hear this event, with their outbox counted per state (through
+# idx_webhook_messages_endpoint_id_id; the oldest pending one through idx_webhook_messages_pending).
+WEBHOOKS_SQL = text(
+    """
+    SELECT e.id, e.url, e.event_id, e.enabled, e.disabled_reason,
+           count(m.id) FILTER (WHERE m.state = 'delivered'),
+           count(m.id) FILTER (WHERE m.state = 'failed'),
+           count(m.id) FILTER (WHERE m.state = 'pending'),
+           min(m.created_at) FILTER (WHERE m.state = 'pending')
+    FROM webhook_endpoints e LEFT JOIN webhook_messages m ON m.endpoint_id = e.id
+    WHERE e.owner_id = :owner_id AND (e.event_id IS NULL OR e.event_id = :event_id)
+    GROUP BY e.id ORDER BY e.enabled, e.id LIMIT :limit
+    """
+)
+
+
+def holds(session: Session, event: Event) -> HoldsRead:
+    row = session.execute(HOLDS_SQL, {"event_id": event.id, "soon": HOLDS_SOON_SECONDS}).one()
+    return HoldsRead(
+        hold_seconds=event.hold_seconds,
+        bookings=row[0],
+        seats=row[1],
+        expiring_bookings=row[2],
+        expiring_seats=row[3],
+        soon_seconds=HOLDS_SOON_SECONDS,
+        next_expires_at=row[4],
+    )
+
+
+def webhook_health(session: Session, actor: User, event_id: int) -> list[EndpointHealth]:
+    rows = session.execute(
+        WEBHOOKS_SQL, {"owner_id": actor.id, "event_id": event_id, "limit": WEBHOOK_ENDPOINTS}
+    )
+    return [
+        EndpointHealth(
+            id=r[0],
+            url=r[1],
+            event_id=r[2],
+            enabled=r[3],
+            disabled_reason=r[4],
+            delivered=r[5],
+            failed=r[6],
+            pending=r[7],
+            oldest_pending_at=r[8],
+        )
+        for r in rows
+    ]
 
 
 def _visible(actor: User) -> Select:
@@ -126,6 +192,8 @@ def focus(session: Session, actor: User, event_id: int) -> DashboardFocus:
         event=_summary(event, arrived),
         sales=sales(session, event),
         decisions=recent_batches(session, event_id),
+        holds=holds(session, event),
+        webhooks=webhook_health(session, actor, event_id),
     )
 
 
