@@ -153,7 +153,17 @@ def plain(token: str, body: bytes, *extra: Header) -> list[Header]:
 
 # ---------------------------------------------------------------- the generated corpus
 
-VOLATILE = {"bookingId", "userId", "createdAt", "decidedAt", "queueSeq", "queuePosition"}
+VOLATILE = {
+    "bookingId",
+    "userId",
+    "createdAt",
+    "decidedAt",
+    "cancelRequestedAt",
+    "cancelledAt",
+    "expiresAt",
+    "queueSeq",
+    "queuePosition",
+}
 FRESH_ID = re.compile(rb"[0-9a-f]{32}")
 BOOKING_ID = re.compile(rb"bk_[0-9a-f]{24}")
 DATE_HEADERS = {b"date", b"server"}
