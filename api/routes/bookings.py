@@ -41,7 +41,7 @@ from api.envelope import Envelope, error_responses, ok
 from api.hub import Hub
 from api.metrics import record_accepted
 from api.seats import SeatSnapshots
-from common.bookings import holds, service
+from common.bookings import holds, reads, service
 from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.models import IN_LINE, Booking
 from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
@@ -233,7 +233,7 @@ async def _accepted(hub: Hub, booking: Booking, created: bool) -> None:
 def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
     with session_scope(factory) as session:
         user = users_service.get_active(session, user_id)
-        return service.get_booking(session, user, booking_id)
+        return reads.get_booking(session, user, booking_id)
 
 
 # Keyset pagination (docs/API.md): ``after`` is the ``nextCursor`` of the previous page.
@@ -250,13 +250,13 @@ def my_bookings(
     after: AfterQuery = None,
 ) -> dict:
     """The caller's bookings, newest first."""
-    page = service.list_user_bookings(
+    page = reads.list_user_bookings(
         session, user, status=status_filter, limit=limit, offset=offset, after=after
     )
     return ok(_page(page))
 
 
-def _page(page: service.PageOf) -> BookingPage:
+def _page(page: reads.PageOf) -> BookingPage:
     return BookingPage(
         bookings=page.rows,
         total=page.total,
@@ -304,15 +304,15 @@ def event_bookings(
     from a server-side cursor."""
     if "text/csv" in request.headers.get("accept", ""):
         # Checked here, so a refusal is a 4xx before the stream starts.
-        query = service.event_bookings_query(session, user, event_id, status_filter)
+        query = reads.event_bookings_query(session, user, event_id, status_filter)
         return StreamingResponse(
-            _csv(service.stream_bookings(factory, query)),
+            _csv(reads.stream_bookings(factory, query)),
             media_type="text/csv",
             headers={
                 "Content-Disposition": f'attachment; filename="event-{event_id}-bookings.csv"'
             },
         )
-    page = service.list_event_bookings(
+    page = reads.list_event_bookings(
         session, user, event_id, status=status_filter, limit=limit, offset=offset, after=after
     )
     return ok(_page(page))
@@ -422,7 +422,7 @@ def confirm_booking(
     Confirming a confirmed booking answers the same and changes nothing. 409 ``HOLD_EXPIRED``
     once the hold has ended (nothing changes), ``NOT_HELD`` while it is still in line,
     ``ALREADY_CANCELLED`` or ``BOOKING_REJECTED``."""
-    booking = service.get_booking(session, user, booking_id, for_update=True)
+    booking = reads.get_booking(session, user, booking_id, for_update=True)
     booking, confirmed = holds.confirm_hold(session, booking, by="buyer")
     if confirmed:
         message = holds.confirmed_message(booking)
@@ -438,5 +438,5 @@ def confirm_booking(
 def booking_logs(booking_id: str, session: SessionDep, user: CurrentUser) -> dict:
     """The audit trail of one booking (owner or admin)."""
     return ok(
-        [BookingLogRead.model_validate(r) for r in service.booking_logs(session, user, booking_id)]
+        [BookingLogRead.model_validate(r) for r in reads.booking_logs(session, user, booking_id)]
     )

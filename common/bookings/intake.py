@@ -1,10 +1,10 @@
 """Group commit at intake: the booking requests that reach one API process within a couple of
 milliseconds are stored by one multi-row statement and one commit.
 
-``write_batch`` runs ``service.INTAKE_BATCH`` (the user exists, the event exists and has not
+``write_batch`` runs ``intake_sql.INTAKE_BATCH`` (the user exists, the event exists and has not
 started, the quantity is within the event's limit, the event shows the seats or has a
 waitlist, the user's pending cap, exact across batches and processes by
-``service.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
+``intake_sql.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
 every request of the batch at once, and answers each one with what
 ``service.store_request_alone`` would have: its booking or its domain error. Signals go out
 after the commit, one per event per batch, not one per request.
@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.bookings import service
+from common.bookings import intake_sql, service
 from common.bookings.models import Booking
 from common.bookings.schemas import BookingCreate
 from common.db import session_scope
@@ -144,7 +144,7 @@ def store_batch(
 def _own_error(exc: Exception) -> BaseException:
     """A lone request's error, a foreign key whose row is gone told as that row's error."""
     if isinstance(exc, IntegrityError):
-        return service.gone_with_the_row(exc) or exc
+        return intake_sql.gone_with_the_row(exc) or exc
     return exc
 
 
@@ -163,7 +163,7 @@ def _write_together(
     max_line: int | None,
 ) -> Stored:
     rows = [
-        service.IntakeRow(
+        intake_sql.IntakeRow(
             r.user_id,
             r.data.event_id,
             r.data.quantity,
@@ -178,8 +178,8 @@ def _write_together(
     facts: dict[int, EventFacts] = {}
     with session_scope(factory) as session:
         if max_pending is not None:
-            service.lock_pending_counts(session, (r.user_id for r in requests))
-        found = service.intake_rows(session, rows, max_pending, max_line)
+            intake_sql.lock_pending_counts(session, (r.user_id for r in requests))
+        found = intake_sql.intake_rows(session, rows, max_pending, max_line)
         for request, asked, row in zip(requests, rows, found, strict=True):
             if row["known_event"] is not None:
                 facts[row["known_event"]] = (
