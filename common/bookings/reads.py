@@ -28,10 +28,10 @@ def with_cursor(query: Select[Booking]) -> Select[Booking, int, list[int]]:
 
 
 @overload
-def _placed(row: Row[Booking, int, list[int]]) -> Booking: ...
+def placed(row: Row[Booking, int, list[int]]) -> Booking: ...
 @overload
-def _placed(row: None) -> None: ...
-def _placed(row: Row[Booking, int, list[int]] | None) -> Booking | None:
+def placed(row: None) -> None: ...
+def placed(row: Row[Booking, int, list[int]] | None) -> Booking | None:
     """The booking of a ``with_cursor`` row, with its place in line."""
     if row is None:
         return None
@@ -48,7 +48,7 @@ def get_booking(
     query = with_cursor(select(Booking)).where(Booking.booking_id == booking_id)
     if for_update:
         query = query.with_for_update(of=Booking)
-    booking = _placed(session.execute(query).one_or_none())
+    booking = placed(session.execute(query).one_or_none())
     if booking is None or (booking.user_id != actor.id and not actor.is_admin):
         raise BookingNotFound()
     return booking
@@ -86,7 +86,7 @@ def _page(
                 details=[{"field": "after", "message": "unknown cursor"}],
             )
         query = query.where(Booking.id < anchor if newest_first else Booking.id > anchor)
-    rows = [_placed(row) for row in session.execute(with_cursor(query).limit(limit + 1))]
+    rows = [placed(row) for row in session.execute(with_cursor(query).limit(limit + 1))]
     more = len(rows) > limit
     rows = rows[:limit]
     return PageOf(rows, total, rows[-1].booking_id if more else None)
@@ -143,7 +143,7 @@ def stream_bookings(factory: sessionmaker[Session], query: Select[Booking]) -> I
     streamed = with_cursor(query).execution_options(stream_results=True, yield_per=1000)
     with session_scope(factory) as session:
         for row in session.execute(streamed):
-            yield _placed(row)
+            yield placed(row)
 
 
 def booking_logs(session: Session, actor: User, booking_id: str) -> list[BookingLog]:

@@ -24,7 +24,7 @@ from common.bookings.intake_sql import (
 )
 from common.bookings.line import position_of
 from common.bookings.models import Booking
-from common.bookings.reads import _placed, get_booking, with_cursor
+from common.bookings.reads import get_booking, placed, with_cursor
 from common.bookings.schemas import BookingCreate
 from common.db import on_commit
 from common.errors import (
@@ -165,7 +165,7 @@ def _replayed(
     """The booking an earlier request with this Idempotency-Key created, if any."""
     if idempotency_key is None:
         return None
-    existing = _placed(
+    existing = placed(
         session.execute(
             with_cursor(select(Booking)).where(
                 Booking.user_id == user_id, Booking.idempotency_key == idempotency_key
