@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings import intake_sql, service
 from common.bookings.models import Booking
-from common.bookings.schemas import BookingCreate
+from common.bookings.schemas import BookingCreate, EventFacts
 from common.db import session_scope
 from common.errors import ServiceUnavailable
 
@@ -58,9 +58,6 @@ class IntakeRequest:
 
 # What a request gets: (booking, created) or the exception it would have raised.
 Outcome = tuple[Booking, bool] | BaseException
-# An event's row as the batch read it: (available seats, version, max per user, starts at,
-# most seats a request may ask for and be waitlisted: api.seats.Seats).
-EventFacts = tuple[int, int, int, float, int]
 
 
 class Stored(NamedTuple):
@@ -182,12 +179,12 @@ def _write_together(
         found = intake_sql.intake_rows(session, rows, max_pending, max_line)
         for request, asked, row in zip(requests, rows, found, strict=True):
             if row["known_event"] is not None:
-                facts[row["known_event"]] = (
-                    row["available_seats"],
-                    row["event_version"],
-                    row["max_seats_per_user"],
-                    row["starts_at"],
-                    row["waitlist_up_to"],
+                facts[row["known_event"]] = EventFacts(
+                    available=row["available_seats"],
+                    version=row["event_version"],
+                    max_per_user=row["max_seats_per_user"],
+                    starts_at=row["starts_at"],
+                    waitlist_up_to=row["waitlist_up_to"],
                 )
             try:
                 booking, created = service.intake_verdict(
@@ -227,7 +224,7 @@ class IntakeWriter:
         writers: int,
         observe: Callable[..., object] | None = None,
     ) -> None:
-        """``observe(event_id, *EventFacts, seen=monotonic time)`` hears what each batch read
+        """``observe(event_id, facts, seen=monotonic time)`` hears what each batch read
         of its events (the API's seat snapshots)."""
         self.factory = factory
         self.observe = observe
@@ -299,7 +296,7 @@ class IntakeWriter:
             outcomes = [exc] * len(batch)
         if self.observe is not None:
             for event_id, event_facts in stored.facts.items():
-                self.observe(event_id, *event_facts, seen=seen)
+                self.observe(event_id, event_facts, seen=seen)
         # Answered before the signals: they take Redis's time, and the rows are committed.
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
