@@ -10,12 +10,12 @@ only be taken, never given back, before the worker decides them).
 A snapshot refuses only while it is fresh: at most ``SEAT_SNAPSHOT_MAX_AGE`` seconds since it
 was read or last confirmed by a message. Every intake batch reads the event's row anyway and
 hands its facts here, so under load the snapshot is confirmed by the requests themselves; when
-it is missing or stale the request goes to the database as before, and one background read per
+it is missing or stale the request goes to the database, and one background read per
 event (never one per request, never awaited by a request) renews it. So seats freed by a
 cancellation are offered again as soon as its message arrives, and at the latest after that
 bound; a reconnect of the subscription (messages may have been missed) forgets every snapshot.
 Anything the snapshot does not settle (enough seats shown, a started event, a quantity over the
-limit, an ``Idempotency-Key``) goes to the database as before.
+limit, an ``Idempotency-Key``) goes to the database.
 
 An event with a waitlist refuses from memory only a request for more seats than it holds at
 all: any other request it cannot seat now is stored and waitlisted. Nor is a full line (503

@@ -52,7 +52,7 @@ def process_event(event_id: int) -> dict[str, int | bool]:
             resignal=lambda: signal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL),
         )
     finally:
-        # The task is done once its messages are out, as when they were sent inline.
+        # The task ends once its messages are out: none is lost with a worker that stops after.
         for future in sent:
             try:
                 future.result()

@@ -30,7 +30,7 @@ def my_bookings(
     user: CurrentUser,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # an OFFSET past bigint fails in SQL
     after: AfterQuery = None,
 ) -> dict:
     """The caller's bookings, newest first."""
@@ -80,7 +80,7 @@ def event_bookings(
     user: CurrentUser,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # an OFFSET past bigint fails in SQL
     after: AfterQuery = None,
 ) -> Any:
     """An event's bookings in arrival order, for admins and the event's creator.
