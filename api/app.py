@@ -27,7 +27,18 @@ from api.realtime.fanout import dispatch, install
 from api.realtime.frames import RawSend
 from api.realtime.shutdown import close_all
 from api.realtime.signals import close_on_signals
-from api.routes import auth, bookings, dashboard, events, health, pages, payments, webhooks, ws
+from api.routes import (
+    auth,
+    booking_lists,
+    bookings,
+    dashboard,
+    events,
+    health,
+    pages,
+    payments,
+    webhooks,
+    ws,
+)
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeWriter
 from common.bookings.signals import signal_event
@@ -156,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth.router,
         events.router,
         bookings.router,
+        booking_lists.router,
         webhooks.router,
         dashboard.router,
         payments.router,

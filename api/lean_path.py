@@ -296,7 +296,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the full path the body already read, then waits as before."""
+    """A receive that hands the full path the body already read, then the server's own."""
     pending = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replayed() -> Message:

@@ -10,12 +10,12 @@ only be taken, never given back, before the worker decides them).
 A snapshot refuses only while it is fresh: at most ``SEAT_SNAPSHOT_MAX_AGE`` seconds since it
 was read or last confirmed by a message. Every intake batch reads the event's row anyway and
 hands its facts here, so under load the snapshot is confirmed by the requests themselves; when
-it is missing or stale the request goes to the database as before, and one background read per
+it is missing or stale the request goes to the database, and one background read per
 event (never one per request, never awaited by a request) renews it. So seats freed by a
 cancellation are offered again as soon as its message arrives, and at the latest after that
 bound; a reconnect of the subscription (messages may have been missed) forgets every snapshot.
 Anything the snapshot does not settle (enough seats shown, a started event, a quantity over the
-limit, an ``Idempotency-Key``) goes to the database as before.
+limit, an ``Idempotency-Key``) goes to the database.
 
 An event with a waitlist refuses from memory only a request for more seats than it holds at
 all: any other request it cannot seat now is stored and waitlisted. Nor is a full line (503
@@ -35,14 +35,14 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bookings.line import departed, parse_cursor
+from common.bookings.schemas import EventFacts
 from common.db import session_scope
 
 logger = logging.getLogger(__name__)
@@ -60,16 +60,9 @@ RETRY_BOUNDS = (1, 60)
 UNKNOWN_PACE_RETRY = 5
 
 
-@dataclass(slots=True)
-class Seats:
-    available: int
-    version: int
-    max_per_user: int
-    starts_at: float  # epoch seconds
+class Seats(NamedTuple):
+    facts: EventFacts
     seen: float  # monotonic time it was read or confirmed
-    # The most seats a request may ask for and be waitlisted: the capacity if the event has a
-    # waitlist, else 0 (booking_verdict's rule).
-    waitlist_up_to: int = 0
 
 
 class SeatSnapshots:
@@ -89,14 +82,15 @@ class SeatSnapshots:
         if seats is None or time.monotonic() - seats.seen > self.max_age:
             self._refresh(event_id)  # for the requests after this one
             return None
+        facts = seats.facts
         if (
-            seats.available >= quantity
-            or quantity <= seats.waitlist_up_to  # stored and waitlisted, not sold out
-            or quantity > seats.max_per_user  # the limit's own error, from the database
-            or seats.starts_at <= time.time()  # EVENT_PAST, from the database
+            facts.available >= quantity
+            or quantity <= facts.waitlist_up_to  # stored and waitlisted, not sold out
+            or quantity > facts.max_per_user  # the limit's own error, from the database
+            or facts.starts_at <= time.time()  # EVENT_PAST, from the database
         ):
             return None
-        return seats.available
+        return facts.available
 
     def _refresh(self, event_id: int) -> None:
         if event_id in self._reads:
@@ -108,39 +102,36 @@ class SeatSnapshots:
     async def _read_into(self, event_id: int) -> None:
         seen = time.monotonic()
         try:
-            row = await asyncio.get_running_loop().run_in_executor(None, self._read, event_id)
+            facts = await asyncio.get_running_loop().run_in_executor(None, self._read, event_id)
         except Exception as exc:  # the requests went to the database; the next one retries
             logger.warning("seat snapshot of event %s not read: %s", event_id, exc)
             return
-        if row is not None:
-            self.observe(event_id, *row, seen=seen)
+        if facts is not None:
+            self.observe(event_id, facts, seen=seen)
 
-    def _read(self, event_id: int) -> tuple[int, int, int, float, int] | None:
+    def _read(self, event_id: int) -> EventFacts | None:
         with session_scope(self.factory) as session:
             row = session.execute(READ, {"id": event_id}).one_or_none()
-        return None if row is None else (row[0], row[1], row[2], float(row[3]), row[4])
+        if row is None:
+            return None
+        return EventFacts(
+            available=row[0],
+            version=row[1],
+            max_per_user=row[2],
+            starts_at=float(row[3]),
+            waitlist_up_to=row[4],
+        )
 
-    def observe(
-        self,
-        event_id: int,
-        available: int,
-        version: int,
-        max_per_user: int,
-        starts_at: float,
-        waitlist_up_to: int = 0,
-        *,
-        seen: float,
-    ) -> None:
+    def observe(self, event_id: int, facts: EventFacts, *, seen: float) -> None:
         """Facts read from the event's row at monotonic time ``seen`` (a read, an intake batch)."""
-        seats = Seats(available, version, max_per_user, starts_at, seen, waitlist_up_to)
-        self._keep(event_id, seats)
+        self._keep(event_id, Seats(facts, seen))
 
     def _keep(self, event_id: int, seats: Seats) -> None:
         current = self._seats.get(event_id)
         if (
             current is None
-            or seats.version > current.version
-            or (seats.version == current.version and seats.seen >= current.seen)
+            or seats.facts.version > current.facts.version
+            or (seats.facts.version == current.facts.version and seats.seen >= current.seen)
         ):
             self._seats[event_id] = seats
 
@@ -173,13 +164,18 @@ class SeatSnapshots:
                 self._seats.pop(ident, None)
                 return
         elif current is not None:
-            starts_at, max_per_user = current.starts_at, current.max_per_user
-            waitlist_up_to = current.waitlist_up_to
+            starts_at, max_per_user = current.facts.starts_at, current.facts.max_per_user
+            waitlist_up_to = current.facts.waitlist_up_to
         else:
             return  # a seat message alone lacks the limit and the date: read when needed
-        seen = time.monotonic()
-        seats = Seats(available, version, max_per_user, starts_at, seen, waitlist_up_to)
-        self._keep(ident, seats)
+        facts = EventFacts(
+            available=available,
+            version=version,
+            max_per_user=max_per_user,
+            starts_at=starts_at,
+            waitlist_up_to=waitlist_up_to,
+        )
+        self._keep(ident, Seats(facts, time.monotonic()))
 
 
 class LinePace:

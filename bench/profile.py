@@ -23,7 +23,9 @@ PARTS: list[tuple[str, re.Pattern[str]]] = [
     ("redis", re.compile(r"redis/|kombu/|celery/|common/bookings/signals\.py")),
     (
         "database",
-        re.compile(r"sqlalchemy/|psycopg2|common/bookings/(intake|service)\.py|api/seats\.py"),
+        re.compile(
+            r"sqlalchemy/|psycopg2|common/bookings/(intake(_sql)?|service)\.py|api/seats\.py"
+        ),
     ),
     ("logging", re.compile(r"logging/|common/logs\.py")),
     (

@@ -22,8 +22,10 @@ from celery import Celery
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from common.bookings import procedures, service
+from common.bookings import procedures
+from common.bookings.drain import Drained, drain_event
 from common.bookings.signals import signal_event, take_signal
+from common.bookings.sweeper import pending_event_ids
 from common.db import session_scope
 from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT
 from devstack import RedisServer, wait_until
@@ -116,8 +118,8 @@ def test_a_drain_reads_again_for_a_request_whose_task_found_it_busy(
             holding.append(hold_row(hold, booking))
         return taken
 
-    def drain(take_signal, worker: str) -> service.Drained:
-        return service.drain_event(
+    def drain(take_signal, worker: str) -> Drained:
+        return drain_event(
             session_factory,
             event.id,
             batch_size=10,
@@ -136,7 +138,7 @@ def test_a_drain_reads_again_for_a_request_whose_task_found_it_busy(
             insert_pending(db, event.id, [late_user])
             assert signal()
             second = drain(lambda: take_signal(client, event.id), "second")
-            assert second == service.Drained([], busy=True)
+            assert second == Drained([], busy=True)
             hold.rollback()
             first = running.result(timeout=SETTLE)
     finally:
@@ -208,9 +210,9 @@ def test_the_sweeper_passes_over_events_being_drained(engine, make_user, make_ev
             text("SELECT pg_advisory_xact_lock(:c, :e)"),
             {"c": procedures.DRAIN_LOCK_CLASS, "e": drained.id},
         )
-        assert service.pending_event_ids(db, 3) == [forgotten.id]
+        assert pending_event_ids(db, 3) == [forgotten.id]
     db.rollback()
-    assert service.pending_event_ids(db, 3) == [drained.id, forgotten.id]
+    assert pending_event_ids(db, 3) == [drained.id, forgotten.id]
 
 
 @pytest.mark.slow

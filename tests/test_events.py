@@ -146,3 +146,22 @@ def test_database_refuses_negative_or_excess_available_seats(db, make_event):
     with pytest.raises(IntegrityError):
         db.execute(text("UPDATE events SET seat_capacity = 0, available_seats = 0"))
     db.rollback()
+
+
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_a_date_past_year_9999_in_utc_is_400(client, make_user, make_event, auth, method):
+    """`9999-12-31T23:59:59-14:00` is year 10000 once in UTC, which Python's datetime cannot
+    hold: a 400 naming the field, not a 500."""
+    admin = auth(make_user(role="admin"))
+    date = "9999-12-31T23:59:59-14:00"
+    if method == "post":
+        body = {"name": "Far", "eventDate": date, "seatCapacity": 10}
+        response = client.post("/api/events", json=body, headers=admin)
+    else:
+        response = client.put(
+            f"/api/events/{make_event().id}", json={"eventDate": date}, headers=admin
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert [d["field"] for d in error["details"]] == ["eventDate"]

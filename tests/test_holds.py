@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from common.bookings import procedures
 from common.bookings.messages import seat_message, status_message
-from common.bookings.service import pending_event_ids
+from common.bookings.sweeper import pending_event_ids
 from tests.test_platform import run_cli
 from tests.test_waitlist import ask, drain, leave
 
@@ -285,7 +285,7 @@ def test_confirms_and_cancels_racing_an_expiry_end_each_hold_exactly_once(
     """200 holds due now; a confirm or a cancellation for each races the decider's expiry.
     Whatever wins, each hold ends once: confirmed, cancelled or expired, one audit row after
     ``held``, and the seats add up."""
-    from common.bookings import holds, service
+    from common.bookings import holds, reads, service
     from common.errors import DomainError
 
     event = hold_event(capacity=200, max_per_user=1)
@@ -310,7 +310,7 @@ def test_confirms_and_cancels_racing_an_expiry_end_each_hold_exactly_once(
         try:
             with session_factory() as session:
                 if i % 3:
-                    booking = service.get_booking(session, users[i], ids[i], for_update=True)
+                    booking = reads.get_booking(session, users[i], ids[i], for_update=True)
                     holds.confirm_hold(session, booking, by="buyer")
                 else:
                     service.request_cancellation(session, users[i], ids[i], lambda e: None)
@@ -368,7 +368,7 @@ def test_a_confirm_that_read_the_hold_before_its_expiry_committed_finds_it_expir
     booking_logs stops its audit insert) with the rows written and not committed; the
     confirmations run into it. Each must then find the hold expired (the booking's row lock
     makes it wait and read again), never overwrite the expiry with a confirmation."""
-    from common.bookings import holds, service
+    from common.bookings import holds, reads
     from common.errors import HoldExpired
 
     event = hold_event(capacity=20, max_per_user=1)
@@ -408,7 +408,7 @@ def test_a_confirm_that_read_the_hold_before_its_expiry_committed_finds_it_expir
     def confirm(i: int) -> None:
         session = sessions[i]
         try:
-            booking = service.get_booking(session, users[i], ids[i], for_update=True)
+            booking = reads.get_booking(session, users[i], ids[i], for_update=True)
             holds.confirm_hold(session, booking, by="buyer")
             session.commit()
             outcomes[ids[i]] = "confirmed"

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError
 
 from common.bookings.intake import IntakeRequest, IntakeWriter
-from common.bookings.schemas import BookingCreate
+from common.bookings.schemas import BookingCreate, EventFacts
 from common.bookings.service import new_booking_id
 from common.errors import InvalidToken
 from common.security import ALGORITHM
@@ -90,7 +90,7 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
     event = make_event(capacity=100)
     users = [make_user() for _ in range(8)]
     signalled: list[int] = []
-    observed: list[tuple] = []
+    observed: list[tuple[int, EventFacts]] = []
     writer = IntakeWriter(
         session_factory,
         signalled.append,
@@ -98,7 +98,7 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
         window=0.05,
         batch_size=100,
         writers=1,
-        observe=lambda *facts, seen: observed.append(facts),
+        observe=lambda event_id, facts, seen: observed.append((event_id, facts)),
     )
 
     def request(user_id: int) -> IntakeRequest:
@@ -120,8 +120,14 @@ def test_a_batch_is_one_commit_and_a_bad_request_fails_alone(
         # One signal for the batch, not one per request; sent once the requests are answered.
         wait_until(lambda: signalled, 30, "the batch's signal")
         assert signalled == [event.id]
-        # What the batch read of the event feeds the seat snapshots: (seats, version, limit, ..).
-        assert observed[0][:4] == (event.id, 100, event.version, event.max_seats_per_user)
+        # What the batch read of the event feeds the seat snapshots.
+        event_id, facts = observed[0]
+        assert event_id == event.id
+        assert (facts.available, facts.version, facts.max_per_user) == (
+            100,
+            event.version,
+            event.max_seats_per_user,
+        )
 
         # A user id no row can have is an unknown user. A quantity PostgreSQL cannot hold (the
         # schema's check skipped) breaks the batch's statement: each request is then stored

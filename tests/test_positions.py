@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from api.realtime.positions import Positions
-from common.bookings.service import WaitingBooking
+from common.bookings.reads import WaitingBooking
 
 INTERVAL = 0.2
 

@@ -20,7 +20,7 @@ from api.seats import SeatSnapshots
 from common.bookings import procedures
 from common.bookings.intake import IntakeRequest, write_batch
 from common.bookings.models import Booking
-from common.bookings.schemas import BookingCreate
+from common.bookings.schemas import BookingCreate, EventFacts
 from common.bookings.service import new_booking_id
 from common.errors import EventPast, SoldOut, ValidationFailed
 
@@ -253,14 +253,13 @@ def test_the_seat_snapshot(
     _, event = situation(waitlist, started, seats_left, max_per_user, held)
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts_at = event.event_date.timestamp()
-    snapshots.observe(
-        event.id,
-        seats_left,
-        event.version,
-        max_per_user,
-        starts_at,
-        event.seat_capacity if waitlist else 0,
-        seen=time.monotonic(),
+    facts = EventFacts(
+        available=seats_left,
+        version=event.version,
+        max_per_user=max_per_user,
+        starts_at=starts_at,
+        waitlist_up_to=event.seat_capacity if waitlist else 0,
     )
+    snapshots.observe(event.id, facts, seen=time.monotonic())
     refused = snapshots.seats_left_if_sold_out(event.id, quantity) is not None
     assert refused == (_intake_verdict(db, event.id, quantity) == "sold_out")

@@ -26,7 +26,7 @@ from sqlalchemy import text, update
 from api.seats import SeatSnapshots
 from common.bookings.intake import IntakeRequest, write_batch
 from common.bookings.models import Booking
-from common.bookings.schemas import BookingCreate
+from common.bookings.schemas import BookingCreate, EventFacts
 from common.bookings.service import new_booking_id, request_hash, store_request_alone
 from common.channels import event_channel
 from common.errors import QueueFull
@@ -319,8 +319,12 @@ def test_retry_after_follows_the_pace_of_the_line():
 def test_a_waitlist_event_is_never_refused_from_memory():
     snapshots = SeatSnapshots(factory=None, max_age=60)  # type: ignore[arg-type]
     starts = time.time() + 3600
-    snapshots.observe(1, 0, 5, 4, starts, 3, seen=time.monotonic())  # a waitlist, 3 seats
-    snapshots.observe(2, 0, 5, 4, starts, 0, seen=time.monotonic())
+    # No seats left; a waitlist of 3 seats (event 1), none (event 2).
+    with_waitlist = EventFacts(
+        available=0, version=5, max_per_user=4, starts_at=starts, waitlist_up_to=3
+    )
+    snapshots.observe(1, with_waitlist, seen=time.monotonic())
+    snapshots.observe(2, with_waitlist._replace(waitlist_up_to=0), seen=time.monotonic())
     assert snapshots.seats_left_if_sold_out(1, 2) is None
     assert snapshots.seats_left_if_sold_out(1, 4) == 0  # more than the event holds: never seated
     assert snapshots.seats_left_if_sold_out(2, 2) == 0

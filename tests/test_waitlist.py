@@ -16,7 +16,8 @@ from common.bookings import procedures
 from common.bookings.line import queue_position
 from common.bookings.messages import seat_message, status_message
 from common.bookings.models import Booking
-from common.bookings.service import new_booking_id, pending_event_ids
+from common.bookings.service import new_booking_id
+from common.bookings.sweeper import pending_event_ids
 from common.channels import decisions_channel, event_channel
 from tests.test_platform import run_cli
 

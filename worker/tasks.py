@@ -10,10 +10,12 @@ from datetime import datetime
 import redis
 from sqlalchemy.exc import OperationalError
 
-from common.bookings import holds, service
+from common.bookings import holds
+from common.bookings.drain import drain_event
 from common.bookings.messages import publish_decisions
 from common.bookings.schemas import Decision
 from common.bookings.signals import resignal_event, signal_event, take_signal
+from common.bookings.sweeper import pending_event_ids
 from common.db import session_scope
 from common.metrics import SWEEPER_KEY, record_decided_batch
 from common.tasks import PROCESS_EVENT, SWEEP, WARN_HOLDS
@@ -40,7 +42,7 @@ def process_event(event_id: int) -> dict[str, int | bool]:
     publisher = _publisher()
     sent: list[Future[None]] = []
     try:
-        decisions, busy = service.drain_event(
+        decisions, busy = drain_event(
             res.session_factory,
             event_id,
             batch_size=res.settings.BATCH_SIZE,
@@ -50,7 +52,7 @@ def process_event(event_id: int) -> dict[str, int | bool]:
             resignal=lambda: signal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL),
         )
     finally:
-        # The task is done once its messages are out, as when they were sent inline.
+        # The task ends once its messages are out: none is lost with a worker that stops after.
         for future in sent:
             try:
                 future.result()
@@ -131,7 +133,7 @@ def sweep() -> dict[str, int]:
     (common/bookings/signals.py, rule 4). Each signal sent is counted and logged."""
     res = resources()
     with session_scope(res.session_factory) as session:
-        event_ids = service.pending_event_ids(session, res.settings.SWEEP_PENDING_AFTER)
+        event_ids = pending_event_ids(session, res.settings.SWEEP_PENDING_AFTER)
     for event_id in event_ids:
         resignal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL)
     if event_ids:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from common.bookings import service as bookings_service
+from common.bookings import reads as bookings_reads
 from common.bookings.line import Cursor, departed, left_line, parse_cursor, queue_position
 from common.bookings.models import IN_LINE
 from common.db import session_scope
@@ -186,7 +186,7 @@ class Positions:
 
     def loaded(
         self,
-        rows: Iterable[bookings_service.WaitingBooking],
+        rows: Iterable[bookings_reads.WaitingBooking],
         users: Collection[int],
         *,
         complete: bool,
@@ -287,9 +287,9 @@ class Positions:
 
 
 async def _read(manager: ConnectionManager, users: Collection[int]) -> list[Any]:
-    def read() -> list[bookings_service.WaitingBooking]:
+    def read() -> list[bookings_reads.WaitingBooking]:
         with session_scope(manager.session_factory) as session:
-            return bookings_service.waiting_bookings(session, users)
+            return bookings_reads.waiting_bookings(session, users)
 
     return await run_in_threadpool(read)
 

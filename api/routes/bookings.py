@@ -8,18 +8,16 @@ decided or N seconds pass. A waiter holds no DB connection and no thread: it awa
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Header, Query, Request, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Header, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,10 +39,10 @@ from api.envelope import Envelope, error_responses, ok
 from api.hub import Hub
 from api.metrics import record_accepted
 from api.seats import SeatSnapshots
-from common.bookings import holds, service
+from common.bookings import holds, reads, service
 from common.bookings.intake import IntakeRequest, IntakeWriter
 from common.bookings.models import IN_LINE, Booking
-from common.bookings.schemas import BookingCreate, BookingLogRead, BookingPage, BookingRead, Status
+from common.bookings.schemas import BookingCreate, BookingLogRead, BookingRead
 from common.bookings.status import apply_decision, is_settled
 from common.db import on_commit, session_scope
 from common.errors import REJECTIONS, QueueFull, SoldOut
@@ -233,102 +231,7 @@ async def _accepted(hub: Hub, booking: Booking, created: bool) -> None:
 def _reload(factory: sessionmaker[Session], user_id: int, booking_id: str) -> Booking:
     with session_scope(factory) as session:
         user = users_service.get_active(session, user_id)
-        return service.get_booking(session, user, booking_id)
-
-
-# Keyset pagination (docs/API.md): ``after`` is the ``nextCursor`` of the previous page.
-AfterQuery = Annotated[str | None, Query(min_length=1, max_length=50)]
-
-
-@router.get("/user/me", response_model=Envelope[BookingPage], responses=error_responses(400, 401))
-def my_bookings(
-    session: SessionDep,
-    user: CurrentUser,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
-    after: AfterQuery = None,
-) -> dict:
-    """The caller's bookings, newest first."""
-    page = service.list_user_bookings(
-        session, user, status=status_filter, limit=limit, offset=offset, after=after
-    )
-    return ok(_page(page))
-
-
-def _page(page: service.PageOf) -> BookingPage:
-    return BookingPage(
-        bookings=page.rows,
-        total=page.total,
-        has_more=page.next_cursor is not None,
-        next_cursor=page.next_cursor,
-    )
-
-
-CSV_COLUMNS = [
-    "booking_id",
-    "user_id",
-    "event_id",
-    "quantity",
-    "status",
-    "reason",
-    "created_at",
-    "decided_at",
-    "cancelled_at",
-    "queue_seq",
-    "queue_position",
-]
-
-
-@router.get(
-    "/admin/events/{event_id}",
-    response_model=Envelope[BookingPage],
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "JSON page, or CSV of every booking"},
-        **error_responses(400, 401, 403, 404),
-    },
-)
-def event_bookings(
-    event_id: int,
-    request: Request,
-    session: SessionDep,
-    factory: SessionFactoryDep,
-    user: CurrentUser,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # past bigint it was a 500
-    after: AfterQuery = None,
-) -> Any:
-    """An event's bookings in arrival order, for admins and the event's creator.
-    With ``Accept: text/csv``, every booking of the event as CSV (paging ignored), streamed
-    from a server-side cursor."""
-    if "text/csv" in request.headers.get("accept", ""):
-        # Checked here, so a refusal is a 4xx before the stream starts.
-        query = service.event_bookings_query(session, user, event_id, status_filter)
-        return StreamingResponse(
-            _csv(service.stream_bookings(factory, query)),
-            media_type="text/csv",
-            headers={
-                "Content-Disposition": f'attachment; filename="event-{event_id}-bookings.csv"'
-            },
-        )
-    page = service.list_event_bookings(
-        session, user, event_id, status=status_filter, limit=limit, offset=offset, after=after
-    )
-    return ok(_page(page))
-
-
-def _csv(rows: Iterable[Booking]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        writer.writerow(["" if (v := getattr(row, c)) is None else v for c in CSV_COLUMNS])
-        if buffer.tell() > 64_000:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+        return reads.get_booking(session, user, booking_id)
 
 
 @router.get(
@@ -422,7 +325,7 @@ def confirm_booking(
     Confirming a confirmed booking answers the same and changes nothing. 409 ``HOLD_EXPIRED``
     once the hold has ended (nothing changes), ``NOT_HELD`` while it is still in line,
     ``ALREADY_CANCELLED`` or ``BOOKING_REJECTED``."""
-    booking = service.get_booking(session, user, booking_id, for_update=True)
+    booking = reads.get_booking(session, user, booking_id, for_update=True)
     booking, confirmed = holds.confirm_hold(session, booking, by="buyer")
     if confirmed:
         message = holds.confirmed_message(booking)
@@ -438,5 +341,5 @@ def confirm_booking(
 def booking_logs(booking_id: str, session: SessionDep, user: CurrentUser) -> dict:
     """The audit trail of one booking (owner or admin)."""
     return ok(
-        [BookingLogRead.model_validate(r) for r in service.booking_logs(session, user, booking_id)]
+        [BookingLogRead.model_validate(r) for r in reads.booking_logs(session, user, booking_id)]
     )

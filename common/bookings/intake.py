@@ -1,10 +1,10 @@
 """Group commit at intake: the booking requests that reach one API process within a couple of
 milliseconds are stored by one multi-row statement and one commit.
 
-``write_batch`` runs ``service.INTAKE_BATCH`` (the user exists, the event exists and has not
+``write_batch`` runs ``intake_sql.INTAKE_BATCH`` (the user exists, the event exists and has not
 started, the quantity is within the event's limit, the event shows the seats or has a
 waitlist, the user's pending cap, exact across batches and processes by
-``service.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
+``intake_sql.lock_pending_counts``, the event's line bound, ``Idempotency-Key`` replays) for
 every request of the batch at once, and answers each one with what
 ``service.store_request_alone`` would have: its booking or its domain error. Signals go out
 after the commit, one per event per batch, not one per request.
@@ -37,9 +37,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.bookings import service
+from common.bookings import intake_sql, service
 from common.bookings.models import Booking
-from common.bookings.schemas import BookingCreate
+from common.bookings.schemas import BookingCreate, EventFacts
 from common.db import session_scope
 from common.errors import ServiceUnavailable
 
@@ -58,9 +58,6 @@ class IntakeRequest:
 
 # What a request gets: (booking, created) or the exception it would have raised.
 Outcome = tuple[Booking, bool] | BaseException
-# An event's row as the batch read it: (available seats, version, max per user, starts at,
-# most seats a request may ask for and be waitlisted: api.seats.Seats).
-EventFacts = tuple[int, int, int, float, int]
 
 
 class Stored(NamedTuple):
@@ -144,7 +141,7 @@ def store_batch(
 def _own_error(exc: Exception) -> BaseException:
     """A lone request's error, a foreign key whose row is gone told as that row's error."""
     if isinstance(exc, IntegrityError):
-        return service.gone_with_the_row(exc) or exc
+        return intake_sql.gone_with_the_row(exc) or exc
     return exc
 
 
@@ -163,7 +160,7 @@ def _write_together(
     max_line: int | None,
 ) -> Stored:
     rows = [
-        service.IntakeRow(
+        intake_sql.IntakeRow(
             r.user_id,
             r.data.event_id,
             r.data.quantity,
@@ -178,16 +175,16 @@ def _write_together(
     facts: dict[int, EventFacts] = {}
     with session_scope(factory) as session:
         if max_pending is not None:
-            service.lock_pending_counts(session, (r.user_id for r in requests))
-        found = service.intake_rows(session, rows, max_pending, max_line)
+            intake_sql.lock_pending_counts(session, (r.user_id for r in requests))
+        found = intake_sql.intake_rows(session, rows, max_pending, max_line)
         for request, asked, row in zip(requests, rows, found, strict=True):
             if row["known_event"] is not None:
-                facts[row["known_event"]] = (
-                    row["available_seats"],
-                    row["event_version"],
-                    row["max_seats_per_user"],
-                    row["starts_at"],
-                    row["waitlist_up_to"],
+                facts[row["known_event"]] = EventFacts(
+                    available=row["available_seats"],
+                    version=row["event_version"],
+                    max_per_user=row["max_seats_per_user"],
+                    starts_at=row["starts_at"],
+                    waitlist_up_to=row["waitlist_up_to"],
                 )
             try:
                 booking, created = service.intake_verdict(
@@ -227,7 +224,7 @@ class IntakeWriter:
         writers: int,
         observe: Callable[..., object] | None = None,
     ) -> None:
-        """``observe(event_id, *EventFacts, seen=monotonic time)`` hears what each batch read
+        """``observe(event_id, facts, seen=monotonic time)`` hears what each batch read
         of its events (the API's seat snapshots)."""
         self.factory = factory
         self.observe = observe
@@ -299,7 +296,7 @@ class IntakeWriter:
             outcomes = [exc] * len(batch)
         if self.observe is not None:
             for event_id, event_facts in stored.facts.items():
-                self.observe(event_id, *event_facts, seen=seen)
+                self.observe(event_id, event_facts, seen=seen)
         # Answered before the signals: they take Redis's time, and the rows are committed.
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():

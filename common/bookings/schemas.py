@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -10,6 +10,20 @@ from common.schemas import Page, ReadSchema, WriteSchema
 Status = Literal["pending", "waitlisted", "held", "confirmed", "rejected", "cancelled", "expired"]
 Reason = Literal["sold_out", "limit_exceeded", "event_past", "capacity_lowered"]
 MAX_QUANTITY = 1000
+
+
+class EventFacts(NamedTuple):
+    """What a request is refused by, read from an event's row: by an intake batch
+    (``common.bookings.intake``), a seat snapshot's own read, or an admin's change message
+    (``api.seats``)."""
+
+    available: int
+    version: int
+    max_per_user: int
+    starts_at: float  # epoch seconds
+    # The most seats a request may ask for and be waitlisted: the capacity if the event has a
+    # waitlist, else 0 (booking_verdict's rule).
+    waitlist_up_to: int
 
 
 class BookingCreate(WriteSchema):

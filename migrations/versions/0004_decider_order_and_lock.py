@@ -1,15 +1,16 @@
 """Deciders: sold_out before limit_exceeded, and the event row locked FOR NO KEY UPDATE.
 
 Intake refuses a request for more seats than the event has left (409 SOLD_OUT, nothing
-stored). The deciders checked the per-user limit first, so the same request could be told
-LIMIT_EXCEEDED by a worker but SOLD_OUT at intake. Now both say SOLD_OUT: when the seats are
-not there for anyone, that is the reason a user needs.
+stored), so the deciders check the seats before the per-user limit too: one request gets one
+reason wherever it is decided, and when the seats are not there for anyone, SOLD_OUT is the
+reason a user needs.
 
-The event row was locked FOR UPDATE, which also conflicts with the FOR KEY SHARE lock that the
-foreign-key check of every new booking takes on its event: while a batch ran, intake for that
-very event waited for it. FOR NO KEY UPDATE still serialises deciders (it conflicts with
-itself) and with admin changes (FOR UPDATE), but lets bookings be inserted meanwhile. The
-single-booking procedure of the benchmark baseline gets the same lock, to stay comparable.
+The deciders lock the event row FOR NO KEY UPDATE, not FOR UPDATE: FOR UPDATE also conflicts
+with the FOR KEY SHARE lock that the foreign-key check of every new booking takes on its event,
+so intake for that very event would wait for each batch. FOR NO KEY UPDATE still serialises
+deciders (it conflicts with itself) and admin changes (FOR UPDATE), and lets bookings be
+inserted meanwhile. The single-booking procedure of the benchmark baseline takes the same lock,
+to stay comparable.
 
 Revision ID: 0004
 Revises: 0003

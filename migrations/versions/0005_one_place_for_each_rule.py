@@ -1,13 +1,12 @@
 """The booking verdict in one function that every path asks; indexes only where a query uses them.
 
 The rules (event started -> event_past; more seats than are left -> sold_out; more than the
-per-user limit -> limit_exceeded; in that order) were written in the batch decider, in
-create_booking, in the intake query and in the baseline's Python check, and two copies had
-already disagreed once. booking_verdict() is now their one home; the deciders call it, and the
-intake and the baseline's check call it in their queries.
+per-user limit -> limit_exceeded; in that order) have one home, booking_verdict(): the deciders
+call it, and the intake and the baseline's check call it in their queries, so the batch
+decider, create_booking, the intake query and the baseline's check cannot disagree.
 
-cancel_booking goes: nothing called it (the API asks for a cancellation and process_event_queue
-does it), only a test checked that it existed.
+cancel_booking goes: nothing calls it (the API asks for a cancellation and process_event_queue
+does it).
 
 Indexes no query uses go, each costing every insert and decision: on bookings status, created_at
 and event_id (replaced by (event_id, id), which also gives the event's booking list its order);

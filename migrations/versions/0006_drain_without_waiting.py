@@ -1,10 +1,10 @@
 """A drain of an event never waits for another drain of it; the decider's updates check status.
 
-Each drain task waited for the event row lock, so during a long sale every task queued by a new
-request waited on the one hot event until all worker slots did, while other events' tasks sat
-in the queue. process_event_queue now takes a transaction-level advisory lock per event with
-pg_try_advisory_xact_lock and raises SQLSTATE 'EBUSY' when another drain holds it; the task
-then leaves, and the drain holding the lock decides what arrived meanwhile
+A drain task that waits for the event row lock holds a worker slot: during a long sale every
+task queued by a new request would wait on the one hot event until all slots did, while other
+events' tasks sat in the queue. So process_event_queue takes a transaction-level advisory lock
+per event with pg_try_advisory_xact_lock and raises SQLSTATE 'EBUSY' when another drain holds
+it; the task then leaves, and the drain holding the lock decides what arrived meanwhile
 (common/bookings/signals.py). Its UPDATEs touch only rows still in the state the batch read,
 and roll the batch back (serialization_failure, retried) if any is not.
 

@@ -145,7 +145,7 @@ def upgrade() -> None:
     )
     _install("booking_verdict", "0007")
 
-    # Seats a user holds for the per-user limit are now confirmed and waitlisted ones.
+    # The per-user limit counts a user's confirmed and waitlisted seats: the index covers both.
     op.drop_index("idx_bookings_confirmed_user", table_name="bookings")
     op.create_index(
         "idx_bookings_held_user", "bookings", ["event_id", "user_id"], postgresql_where=HELD

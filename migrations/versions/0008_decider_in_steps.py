@@ -7,11 +7,11 @@ and the event after it (seats_left, waitlist_left). The steps: take_batch (the l
 decide_cancellations, decide_waitlist_past, decide_promotions, decide_requests (each returns
 its decisions; event_after is the event as they leave it), then settle_decisions, shared with
 promote_waitlist: apply_decisions (the rows), move_line (the event row and its line cursor),
-log_decisions (the audit rows), place_in_line (a place in line from the cursor). Same
-results, one transaction and one round trip per batch as before.
+log_decisions (the audit rows), place_in_line (a place in line from the cursor). The results
+are those of the single function of 0007, in one transaction and one round trip per batch.
 
-A waitlisted request that wants more seats than the event holds could never be met and, at
-the head, held the line forever (issue 18): promote_waitlist, which the API's edit runs, now
+A waitlisted request that wants more seats than the event holds can never be met and, at the
+head, would hold the line forever (issue 18): promote_waitlist, which the API's edit runs,
 rejects such requests first (decide_oversized_waitlist, reason ``capacity_lowered``), and
 waitlist_violations reports one as ``oversized_waitlist``.
 
@@ -66,7 +66,8 @@ def _install(function: str, version: str) -> None:
 
 def upgrade() -> None:
     op.execute(DECISION)
-    # Takes the event row now (it passes over requests the event can never hold).
+    # waitlist_head takes the event row (it passes over requests the event can never hold):
+    # a new signature, so the old one is dropped.
     op.execute("DROP FUNCTION waitlist_head(integer, integer, integer)")
     _install("waitlist_head", "0008")
     for function in STEPS:
