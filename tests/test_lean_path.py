@@ -607,11 +607,12 @@ def test_a_huge_prefer_wait_is_the_longest_wait(apps, make_user, make_event, tok
         token = token_for(make_user())
         prefer = (b"prefer", b"wait=" + b"9" * 5000)
         answer = call(client, "POST", POST, plain(token, body, prefer), body)
-        assert answer[0] == 202, answer
+        # 201 when a worker (another test's, session-wide) decided it within the second.
+        assert answer[0] in (201, 202), answer
         assert header(answer, b"preference-applied") == [b"wait=1"]
         booking = json.loads(answer[2])["data"]["bookingId"]
         got = call(client, "GET", f"{POST}/{booking}", plain(token, b"", prefer)[:2] + [prefer])
-        assert got[0] == 202, got
+        assert got[0] in (200, 202), got
 
 
 def test_a_body_that_never_arrives_is_the_same_408_on_both_paths(apps, make_user, token_for):
