@@ -358,9 +358,12 @@ def test_every_uvicorn_command_line_bounds_websocket_messages_by_the_setting():
     api = devstack.ApiProcess("api", ROOT / ".run", {})
     changed = devstack.ApiProcess("api", ROOT / ".run", {"WS_MAX_SIZE": "20000"})
     assert dockerfile_env()["WS_MAX_SIZE"] == default
+    uvicorns = [name for name, svc in services().items() if "uvicorn" in str(svc.get("command"))]
+    assert {"api", "ws"} <= set(uvicorns)
     for args, size in (
-        (argv(services()["api"]), default),
-        (argv(services()["api"], {}), default),  # compose's own default, without the image's
+        *((argv(services()[name]), default) for name in uvicorns),
+        # compose's own default, without the image's
+        *((argv(services()[name], {}), default) for name in uvicorns),
         (argv(dockerfile_cmd()), default),
         (api.argv(), default),
         (changed.argv(), "20000"),
