@@ -63,6 +63,7 @@ db: install services
 # Smaller run: make bench BENCH_ARGS="-c 50 -n 2000 -s 500"
 # The waitlist variant (promotion latency): make bench BENCH=waitlist
 # 50 open dashboards against none, one run: make bench BENCH=dashboards
+# Holds: lateness of 10,000 expiring in one second, the sale with holds on vs off: BENCH=holds
 BENCH ?= flash_sale
 bench: $(VENV)/.bench-installed services
 	$(BIN)/python -m bench.$(BENCH) $(BENCH_ARGS)
