@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 
 from bench.cpu import CpuMeter
-from bench.flash_sale import _progress, machine, mint_tokens
+from bench.flash_sale import _progress, _stop_spies, machine, mint_tokens
 from bench.load import _percentiles, run_clients
 from bench.stack import (
     Data,
@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=ROOT / "bench" / "results", help="JSON and logs")
     add("--env", action="append", default=[], metavar="NAME=VALUE",
         help="a setting for the API and worker (repeatable)")  # fmt: skip
+    add("--profile", type=Path, default=None, help="py-spy the stack's sales into this folder")
     add("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -259,12 +260,16 @@ async def sale(
     if hold:
         data.sql("UPDATE events SET hold_seconds = %s WHERE id = %s", (SALE_HOLD_SECONDS, event_id))
     progress = _progress(requests, label, args.no_progress)
+    spies = stack.profile(args.profile / label.replace(" ", "-")) if args.profile else []
     started = time.time()
-    with CpuMeter(stack, data, args.database_url) as cpu:
-        outcomes = await run_clients(
-            stack.url, tokens, event_id, requests=requests, clients=args.clients,
-            wait=args.wait, sync=False, progress=progress,
-        )  # fmt: skip
+    try:
+        with CpuMeter(stack, data, args.database_url) as cpu:
+            outcomes = await run_clients(
+                stack.url, tokens, event_id, requests=requests, clients=args.clients,
+                wait=args.wait, sync=False, progress=progress,
+            )  # fmt: skip
+    finally:
+        _stop_spies(spies)
     seconds = time.time() - started
     progress.close()
     state = data.event_state(event_id)
