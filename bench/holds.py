@@ -8,8 +8,8 @@ Its own database and Redis db, uvicorn and Celery worker, as bench.flash_sale.
    requests (one user each) are written as ``pending`` rows and decided by the worker, so H
    become ``held`` and W ``waitlisted`` through the real decider. Their ``expiresAt`` is then
    moved into one second, T .. T + 1 s, in groups of ``BATCH_SIZE`` (one end per group, as one
-   decided batch shares one end), and each group's timer is sent with
-   ``holds.schedule_expiry``, the function the worker calls after a batch that held seats.
+   decided batch shares one end), and each group's timer is sent with ``holds.set_timers``,
+   the function the worker calls after a batch that held seats (one timer per bucket of ends).
    Lateness of a hold: from its ``expiresAt`` to the moment the committed batch that expired it
    (its seats back, the waitlist promoted in the same transaction) is heard on the decisions
    channel, i.e. after the commit: an upper bound of the commit's lateness. For the first P
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 from bench.cpu import CpuMeter
 from bench.flash_sale import _progress, _stop_spies, machine, mint_tokens
@@ -177,8 +178,11 @@ async def expiry_lateness(
     listener = asyncio.create_task(listen_decisions(args.redis_url, channel, batches))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         sockets = await open_sockets(session, stack.ws_url, token_of)
+        timers = redis.Redis.from_url(args.redis_url)
         for end in ends:
-            holds.schedule_expiry(sender, event_id, end)
+            holds.set_timers(timers, sender, event_id, end, horizon=float(TIMER_HORIZON),
+                             warn_before=60)  # fmt: skip
+        timers.close()
         await asyncio.sleep(max(0.0, t0.timestamp() + 1 - time.time()))
         expire_seconds = await asyncio.to_thread(
             _wait_for,

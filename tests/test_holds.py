@@ -303,7 +303,7 @@ def test_a_timer_is_sent_once_within_the_horizon_and_the_sweeper_sends_later_one
     """A hold ending beyond HOLD_TIMER_HORIZON gets no timer when decided; the sweeper finds its
     end once it comes within the horizon and sends its drain and warning, once, whoever asks
     again; a send that failed is tried again by the next sweep."""
-    from common.bookings.holds import set_timers, timer_ends
+    from common.bookings.holds import TIMER_BUCKET, TIMER_SLACK, set_timers, timer_ends
     from common.tasks import PROCESS_EVENT, WARN_HOLDS
 
     event = hold_event(seconds=900)
@@ -319,11 +319,16 @@ def test_a_timer_is_sent_once_within_the_horizon_and_the_sweeper_sends_later_one
     for _ in range(2):  # the next sweeps: the first sends, the second finds it sent
         for event_id, at in timer_ends(db, 1000):
             set_timers(redis_client, sent, event_id, at, horizon=1000, warn_before=60)
-    assert [(name, args) for name, args, _ in sent.tasks] == [
-        (PROCESS_EVENT, [event.id]),
-        (WARN_HOLDS, [event.id, end.isoformat()]),
+    assert [(name, args[0]) for name, args, _ in sent.tasks] == [
+        (PROCESS_EVENT, event.id),
+        (WARN_HOLDS, event.id),
     ]
-    assert sent.tasks[0][2] > end and sent.tasks[1][2] == end - timedelta(seconds=60)
+    # At the end of the end's bucket: one timer for the ends that fall in it.
+    bucket = TIMER_BUCKET
+    assert end < sent.tasks[0][2] <= end + bucket + TIMER_SLACK
+    bucket_end = datetime.fromisoformat(sent.tasks[1][1][1])
+    assert end <= bucket_end < end + bucket
+    assert sent.tasks[1][2] == bucket_end - timedelta(seconds=60)
     # A confirmed hold needs no timer.
     db.execute(text("UPDATE bookings SET status = 'confirmed' WHERE booking_id = :b"), {"b": held})
     db.commit()
@@ -506,3 +511,24 @@ def test_a_confirm_that_read_the_hold_before_its_expiry_committed_finds_it_expir
         assert actions(db, booking_id) == ["held", "expired"]
     assert seats(db, event) == 20
     assert procedures.seat_invariant_violations(db) == []
+
+
+def test_a_warning_covers_every_hold_ending_in_its_timers_bucket(db, make_user, hold_event):
+    """Ends are gathered into one timer per TIMER_BUCKET: its warning goes to the owner of
+    every hold still held that ends in the bucket, and to nobody of the next."""
+    from common.bookings.holds import TIMER_BUCKET, warn_holds
+
+    event = hold_event(seconds=900, capacity=3)
+    ids = [ask(db, make_user(), event) for _ in range(3)]
+    drain(db, event)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    ends = [start + timedelta(milliseconds=10), start + TIMER_BUCKET, start + 2 * TIMER_BUCKET]
+    for booking_id, end in zip(ids, ends, strict=True):
+        db.execute(
+            text("UPDATE bookings SET expires_at = :e WHERE booking_id = :b"),
+            {"e": end, "b": booking_id},
+        )
+    db.commit()
+    warned = warn_holds(db, event.id, start + TIMER_BUCKET)
+    assert sorted(w["bookingId"] for w in warned) == sorted(ids[:2])
+    assert {w["expiresAt"] for w in warned} == {e.isoformat() for e in ends[:2]}

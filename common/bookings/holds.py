@@ -38,6 +38,11 @@ from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT, WARN_HOLDS
 # same clock, but a task started a hair early would find nothing due yet.
 TIMER_SLACK = timedelta(milliseconds=20)
 
+# Ends are gathered into buckets this long, one timer per event and bucket: a live sale decides
+# in many small batches, each with its own end, and a timer each cost about a quarter of the
+# worker's time in a sale (docs/BENCHMARKS.md, "Holds"). A hold expires at most this late more.
+TIMER_BUCKET = timedelta(milliseconds=250)
+
 ConfirmedBy = Literal["buyer", "payment"]
 
 
@@ -141,13 +146,17 @@ def set_timers(
     horizon: float,
     warn_before: float,
 ) -> bool:
-    """The expiry drain and the warning of the event's holds ending at ``expires_at``, once: not
-    if the end is further than ``horizon`` seconds away (the sweeper sends it later), nor if
-    they were sent already (a key that lives until just after the end). True if sent."""
+    """The expiry drain and the warning of the event's holds ending in ``expires_at``'s bucket
+    (``TIMER_BUCKET``), at the bucket's end, once: not if that is further than ``horizon``
+    seconds away (the sweeper sends it later), nor if they were sent already (a key that lives
+    until just after the end). True if sent."""
+    bucket = round(TIMER_BUCKET.total_seconds() * 1_000_000)
+    end_us = -(-round(expires_at.timestamp() * 1_000_000) // bucket) * bucket
+    expires_at = datetime.fromtimestamp(end_us / 1_000_000, UTC)
     left = (expires_at - datetime.now(UTC)).total_seconds()
     if left > horizon:
         return False
-    key = hold_timer_key(event_id, round(expires_at.timestamp() * 1_000_000))
+    key = hold_timer_key(event_id, end_us)
     if not client.set(key, "1", nx=True, ex=max(1, int(left) + 60)):
         return False
     try:
@@ -177,13 +186,14 @@ def timer_ends(session: Session, horizon: float) -> list[tuple[int, datetime]]:
 
 
 def warn_holds(session: Session, event_id: int, expires_at: datetime) -> list[dict[str, Any]]:
-    """The ``hold_expiring`` messages for the event's holds ending at ``expires_at`` and still
-    held (a confirmed or cancelled one is not warned)."""
+    """The ``hold_expiring`` messages for the event's holds ending in the bucket that ends at
+    ``expires_at`` and still held (a confirmed or cancelled one is not warned)."""
     rows = session.scalars(
         select(Booking).where(
             Booking.event_id == event_id,
             Booking.status == "held",
-            Booking.expires_at == expires_at,
+            Booking.expires_at > expires_at - TIMER_BUCKET,
+            Booking.expires_at <= expires_at,
             Booking.cancel_requested_at.is_(None),
         )
     )
@@ -195,7 +205,7 @@ def warn_holds(session: Session, event_id: int, expires_at: datetime) -> list[di
             "status": "held",
             "warning": "hold_expiring",
             "quantity": b.quantity,
-            "expiresAt": expires_at.isoformat(),
+            "expiresAt": b.expires_at.isoformat() if b.expires_at else None,
             "timestamp": stamp,
             "userId": b.user_id,
         }
