@@ -69,6 +69,7 @@ db: install services
 # The waitlist variant (promotion latency): make bench BENCH=waitlist
 # 50 open dashboards against none, one run: make bench BENCH=dashboards
 # Webhooks (a sale with two endpoints against the same sale without): make bench BENCH=webhooks
+# Holds: lateness of 10,000 expiring in one second, the sale with holds on vs off: BENCH=holds
 BENCH ?= flash_sale
 bench: $(VENV)/.bench-installed services
 	$(BIN)/python -m bench.$(BENCH) $(BENCH_ARGS)

@@ -10,14 +10,14 @@ connection closes, and ignores the option.
 
 A hold's expiry drain is a task with an ``eta`` at the hold's end (common/bookings/holds.py):
 the worker fetches it at once and keeps it unacknowledged until then. The Redis transport
-hands a message unacknowledged longer than the visibility timeout to another worker, and again
-every timeout after, so the timeout exceeds the longest hold (Celery docs, "Using Redis",
-"Caveats"). A copy that slips through anyway only drains an event again, which is idempotent.
+hands a message unacknowledged longer than the visibility timeout (an hour by default) to
+another worker (Celery docs, "Using Redis", "Caveats"), so such a task is sent only within
+``HOLD_TIMER_HORIZON`` (10 minutes) of its time, and the timeout keeps its default: a dead
+worker's other tasks come back within the hour, not the longest hold.
 """
 
 from kombu import Queue
 
-from common.events.schemas import MAX_HOLD_SECONDS
 from common.settings import get_settings
 from common.tasks import (
     BOOKINGS_QUEUE,
@@ -44,8 +44,6 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_time_limit = 120
 task_soft_time_limit = 100
-# The longest hold's eta, plus an hour for a timer set late (docs/RELIABILITY.md, "Holds").
-broker_transport_options = {"visibility_timeout": MAX_HOLD_SECONDS + 3600}
 broker_connection_retry_on_startup = True
 
 worker_prefetch_multiplier = 1

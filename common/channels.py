@@ -52,6 +52,12 @@ def parse_channel(channel: str) -> tuple[str, int] | None:
     return kind, int(rest)
 
 
+def hold_timer_key(event_id: int, expires_at_us: int) -> str:
+    """Set when the expiry timer of the event's holds ending at that microsecond is sent, so the
+    worker and the sweeper send it once (common/bookings/holds.py, ``set_timers``)."""
+    return f"{PREFIX}:hold-timer:{event_id}:{expires_at_us}"
+
+
 def signal_key(event_id: int) -> str:
     """Set by a request's signal until a drain of the event takes it (common/bookings/signals.py),
     so a burst sends a handful of tasks."""

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds before a hold ends that its owner is warned (hold_expiring); 0: never",
     )
+    HOLD_TIMER_HORIZON: float = Field(
+        default=600.0,
+        gt=0,
+        le=1800,
+        description="seconds before a hold ends that its expiry timer is sent; later ends are"
+        " sent by the sweeper as they come this near (below the broker's visibility timeout)",
+    )
     PAYMENT_WEBHOOK_SECRET: SecretStr | None = Field(
         default=None,
         description="the Standard Webhooks secret (whsec_...) payment callbacks are signed with;"

@@ -135,3 +135,32 @@ def test_webhooks_tool_delivers_every_message_of_each_hooks_sale(engine, worker,
             assert hooks["expected"] >= 2 * SEATS
             assert hooks["received"] == hooks["expected"] == hooks["verified"]["verified"]
             assert hooks["verified"]["failed"] == 0
+
+
+def test_holds_tool_expires_every_hold_and_sells_with_holds_on_and_off(engine, worker, tmp_path):
+    argv = [sys.executable, "-m", "bench.holds",
+            "--holds", "60", "--waitlisted", "10", "--sockets", "5", "--lead", "2",
+            "--clients", "8", "--requests", "60", "--seats", str(SEATS), "--pairs", "2",
+            "--warmup", "8", "--api-workers", "1", "--wait", "20",
+            "--database-url", TEST_DATABASE_URL, "--redis-url", TEST_REDIS_URL,
+            "--reuse-database", "--no-worker", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "expiresAt" in run.stdout  # the table was printed
+
+    [path] = tmp_path.glob("holds-*.json")
+    summary = json.loads(path.read_text())
+    expiry = summary["expiry"]
+    assert all(expiry["checks"].values()), expiry["checks"]
+    # Every hold expired, the ten waiting held in their turn, each told on their socket.
+    assert expiry["final"]["byStatus"] == {"expired": 60, "held": 10}
+    assert expiry["expiryToChannelMs"]["p50"] >= 0
+    pairs = summary["sale"]["pairs"]
+    assert [p["first"] for p in pairs] == ["off", "on"]
+    for pair in pairs:
+        # Refusals are mostly answered at intake, with no row: only the seats are counted.
+        assert pair["on"]["byStatus"]["held"] == SEATS and "confirmed" not in pair["on"]["byStatus"]
+        assert (
+            pair["off"]["byStatus"]["confirmed"] == SEATS and "held" not in pair["off"]["byStatus"]
+        )
+        assert pair["on"]["ok"] and pair["off"]["ok"]

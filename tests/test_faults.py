@@ -522,8 +522,8 @@ def test_redis_restart_loses_queue_and_pubsub(engine, stack, flash_sale):
 def test_redis_lost_with_holds_pending_the_sweeper_expires_them(
     engine, stack, make_user, hold_event, token_for
 ):
-    """Holds whose timers Redis took with it still expire: 12 held through the live stack
-    (their eta drains and warnings set in Redis), 3 waiting behind them; Redis is lost and
+    """Holds whose timers Redis took with it still expire: 12 held through the live stack, 3
+    waiting behind them; Redis is lost and
     comes back empty; their end passes (moved into the past: their own timers, had they
     survived, would fire in an hour). The sweeper, run by beat, finds them in PostgreSQL and the
     worker expires each once, seats back and the waiting promoted."""

@@ -10,6 +10,7 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from common.bookings import procedures
@@ -263,17 +264,75 @@ def test_the_webhook_types_cover_holds():
     assert json.loads(body)["data"]["status"] == "held"
 
 
-def test_the_brokers_visibility_timeout_outlasts_the_longest_hold():
-    """A hold's expiry timer waits unacknowledged in a worker until the hold ends; past the
-    Redis broker's visibility timeout it would be delivered again, every timeout, each copy
-    held in memory until then (docs/RELIABILITY.md, "Holds")."""
+def test_the_broker_keeps_its_visibility_timeout_and_timers_wait_less_than_it():
+    """A hold's expiry timer waits unacknowledged in a worker until its time; past the Redis
+    broker's visibility timeout it would be delivered again. Timers are sent only within
+    HOLD_TIMER_HORIZON of their time, so the timeout keeps its default (an hour) and a dead
+    worker's other tasks (drains, webhook deliveries, warnings) come back within it, not after
+    the longest hold (docs/RELIABILITY.md, "Holds")."""
+    from kombu.transport.redis import Channel
+
     import celeryconfig
     from common.bookings.holds import TIMER_SLACK
-    from common.events.schemas import MAX_HOLD_SECONDS
+    from common.settings import Settings
 
-    timeout = celeryconfig.broker_transport_options["visibility_timeout"]
-    assert timeout > MAX_HOLD_SECONDS + TIMER_SLACK.total_seconds()
-    assert timeout > celeryconfig.task_time_limit
+    options = getattr(celeryconfig, "broker_transport_options", {})
+    timeout = options.get("visibility_timeout", Channel.visibility_timeout)
+    assert timeout <= Channel.visibility_timeout == 3600
+    longest = Settings.model_fields["HOLD_TIMER_HORIZON"].metadata
+    horizon = next(m.le for m in longest if getattr(m, "le", None) is not None)
+    assert horizon + TIMER_SLACK.total_seconds() + celeryconfig.task_time_limit < timeout
+
+
+class Sent:
+    """The tasks a ``set_timers`` call handed to its sender (Celery's ``send_task``)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.tasks: list[tuple[str, list, object]] = []
+        self.fail = fail
+
+    def send_task(self, name, *args, **kwargs):
+        if self.fail:
+            raise ConnectionError("the broker is away")
+        self.tasks.append((name, kwargs["args"], kwargs["eta"]))
+
+
+def test_a_timer_is_sent_once_within_the_horizon_and_the_sweeper_sends_later_ones(
+    db, make_user, hold_event, redis_client
+):
+    """A hold ending beyond HOLD_TIMER_HORIZON gets no timer when decided; the sweeper finds its
+    end once it comes within the horizon and sends its drain and warning, once, whoever asks
+    again; a send that failed is tried again by the next sweep."""
+    from common.bookings.holds import TIMER_BUCKET, TIMER_SLACK, set_timers, timer_ends
+    from common.tasks import PROCESS_EVENT, WARN_HOLDS
+
+    event = hold_event(seconds=900)
+    held = ask(db, make_user(), event)
+    end = drain(db, event)[held].expires_at
+    sent = Sent()
+    assert not set_timers(redis_client, sent, event.id, end, horizon=600, warn_before=60)
+    assert sent.tasks == [] and timer_ends(db, 600) == []
+    assert timer_ends(db, 1000) == [(event.id, end)]
+
+    with pytest.raises(ConnectionError):
+        set_timers(redis_client, Sent(fail=True), event.id, end, horizon=1000, warn_before=60)
+    for _ in range(2):  # the next sweeps: the first sends, the second finds it sent
+        for event_id, at in timer_ends(db, 1000):
+            set_timers(redis_client, sent, event_id, at, horizon=1000, warn_before=60)
+    assert [(name, args[0]) for name, args, _ in sent.tasks] == [
+        (PROCESS_EVENT, event.id),
+        (WARN_HOLDS, event.id),
+    ]
+    # At the end of the end's bucket: one timer for the ends that fall in it.
+    bucket = TIMER_BUCKET
+    assert end < sent.tasks[0][2] <= end + bucket + TIMER_SLACK
+    bucket_end = datetime.fromisoformat(sent.tasks[1][1][1])
+    assert end <= bucket_end < end + bucket
+    assert sent.tasks[1][2] == bucket_end - timedelta(seconds=60)
+    # A confirmed hold needs no timer.
+    db.execute(text("UPDATE bookings SET status = 'confirmed' WHERE booking_id = :b"), {"b": held})
+    db.commit()
+    assert timer_ends(db, 1000) == []
 
 
 # ---------------------------------------------------------------- racing an expiry
@@ -452,3 +511,24 @@ def test_a_confirm_that_read_the_hold_before_its_expiry_committed_finds_it_expir
         assert actions(db, booking_id) == ["held", "expired"]
     assert seats(db, event) == 20
     assert procedures.seat_invariant_violations(db) == []
+
+
+def test_a_warning_covers_every_hold_ending_in_its_timers_bucket(db, make_user, hold_event):
+    """Ends are gathered into one timer per TIMER_BUCKET: its warning goes to the owner of
+    every hold still held that ends in the bucket, and to nobody of the next."""
+    from common.bookings.holds import TIMER_BUCKET, warn_holds
+
+    event = hold_event(seconds=900, capacity=3)
+    ids = [ask(db, make_user(), event) for _ in range(3)]
+    drain(db, event)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    ends = [start + timedelta(milliseconds=10), start + TIMER_BUCKET, start + 2 * TIMER_BUCKET]
+    for booking_id, end in zip(ids, ends, strict=True):
+        db.execute(
+            text("UPDATE bookings SET expires_at = :e WHERE booking_id = :b"),
+            {"e": end, "b": booking_id},
+        )
+    db.commit()
+    warned = warn_holds(db, event.id, start + TIMER_BUCKET)
+    assert sorted(w["bookingId"] for w in warned) == sorted(ids[:2])
+    assert {w["expiresAt"] for w in warned} == {e.isoformat() for e in ends[:2]}

@@ -100,15 +100,17 @@ def _after_batch(res: Resources, batch: list[Decision]) -> None:
 
 
 def _set_hold_timers(res: Resources, batch: list[Decision]) -> None:
-    """One expiry drain and one warning per batch that held seats: its holds share an end. If
-    sending fails, the sweeper expires them (late by at most SWEEP_PENDING_AFTER + a sweep)."""
+    """One expiry drain and one warning per batch that held seats (its holds share an end), if
+    the end is within HOLD_TIMER_HORIZON; the sweeper sends the later ones, and expires what a
+    failed send missed (late by at most SWEEP_PENDING_AFTER + a sweep)."""
     ends = {d.expires_at for d in batch if d.status == "held" and d.expires_at is not None}
     for expires_at in ends:
         try:
-            holds.schedule_expiry(app, batch[0].event_id, expires_at)
-            holds.schedule_warning(
-                app, batch[0].event_id, expires_at, res.settings.HOLD_WARNING_SECONDS
-            )
+            holds.set_timers(
+                res.redis, app, batch[0].event_id, expires_at,
+                horizon=res.settings.HOLD_TIMER_HORIZON,
+                warn_before=res.settings.HOLD_WARNING_SECONDS,
+            )  # fmt: skip
         except Exception as exc:
             logger.warning(
                 "could not set a hold timer: %s", exc, extra={"event_id": batch[0].event_id}
@@ -130,13 +132,21 @@ def warn_holds(event_id: int, expires_at: str) -> dict[str, int]:
 def sweep() -> dict[str, int]:
     """Safety net: signal events whose requests waited too long while no drain works on them.
     Not through the deduplicated signal: its key may stand for a task that was never sent
-    (common/bookings/signals.py, rule 4). Each signal sent is counted and logged."""
+    (common/bookings/signals.py, rule 4). Each signal sent is counted and logged. And the
+    timers of holds whose end has come within HOLD_TIMER_HORIZON (common/bookings/holds.py)."""
     res = resources()
     with session_scope(res.session_factory) as session:
         event_ids = pending_event_ids(session, res.settings.SWEEP_PENDING_AFTER)
+        ends = holds.timer_ends(session, res.settings.HOLD_TIMER_HORIZON)
+    for event_id, expires_at in ends:
+        holds.set_timers(
+            res.redis, app, event_id, expires_at,
+            horizon=res.settings.HOLD_TIMER_HORIZON,
+            warn_before=res.settings.HOLD_WARNING_SECONDS,
+        )  # fmt: skip
     for event_id in event_ids:
         resignal_event(res.redis, app, event_id, ttl=res.settings.SIGNAL_TTL)
     if event_ids:
         res.redis.incrby(SWEEPER_KEY, len(event_ids))
         logger.warning("sweeper re-signalled %d event(s): %s", len(event_ids), event_ids)
-    return {"resignalled": len(event_ids)}
+    return {"resignalled": len(event_ids), "holdTimers": len(ends)}

@@ -7,11 +7,15 @@
   transaction that gives the seats back and promotes the waitlist). The decider's write checks
   each row is still ``held`` (``apply_decisions``), so a confirmation and an expiry racing for
   one hold end it exactly once: whichever commits first, the other finds it gone.
-- On time: after a batch that held seats commits, a drain task is sent with its ``eta`` at the
-  batch's ``expires_at`` (``schedule_expiry``); the sweeper signals events whose holds outlived
-  their end by ``SWEEP_PENDING_AFTER`` (a lost task, a dead worker, Redis lost).
+- On time: a drain task with its ``eta`` at an end (``schedule_expiry``), sent once per (event,
+  end) by ``set_timers``: after the batch that held seats commits if the end is within
+  ``HOLD_TIMER_HORIZON``, else by the sweeper once it comes that near (``timer_ends``). A
+  worker keeps an ``eta`` task unacknowledged until its time; the horizon keeps that well below
+  the Redis broker's visibility timeout, which so keeps its default (docs/RELIABILITY.md). The
+  sweeper also signals events whose holds outlived their end by ``SWEEP_PENDING_AFTER`` (a lost
+  task, a dead worker, Redis lost).
 - A warning, ``hold_expiring``, goes to the owner ``HOLD_WARNING_SECONDS`` before the end
-  (``schedule_warning``, ``warn_holds``).
+  (``schedule_warning``, ``warn_holds``), sent with its end's timer.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.bookings.models import Booking, BookingLog
-from common.channels import decisions_channel
+from common.channels import decisions_channel, hold_timer_key
 from common.errors import AlreadyCancelled, BookingRejected, HoldExpired, NotHeld
 from common.pubsub import encode, now_iso
 from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT, WARN_HOLDS
@@ -33,6 +37,11 @@ from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT, WARN_HOLDS
 # A timer fires this much after the hold's end: Celery's eta and PostgreSQL's now() read the
 # same clock, but a task started a hair early would find nothing due yet.
 TIMER_SLACK = timedelta(milliseconds=20)
+
+# Ends are gathered into buckets this long, one timer per event and bucket: a live sale decides
+# in many small batches, each with its own end, and a timer each cost about a quarter of the
+# worker's time in a sale (docs/BENCHMARKS.md, "Holds"). A hold expires at most this late more.
+TIMER_BUCKET = timedelta(milliseconds=250)
 
 ConfirmedBy = Literal["buyer", "payment"]
 
@@ -128,14 +137,63 @@ def schedule_warning(
     )
 
 
+def set_timers(
+    client: redis.Redis,
+    sender: TaskSender,
+    event_id: int,
+    expires_at: datetime,
+    *,
+    horizon: float,
+    warn_before: float,
+) -> bool:
+    """The expiry drain and the warning of the event's holds ending in ``expires_at``'s bucket
+    (``TIMER_BUCKET``), at the bucket's end, once: not if that is further than ``horizon``
+    seconds away (the sweeper sends it later), nor if they were sent already (a key that lives
+    until just after the end). True if sent."""
+    bucket = round(TIMER_BUCKET.total_seconds() * 1_000_000)
+    end_us = -(-round(expires_at.timestamp() * 1_000_000) // bucket) * bucket
+    expires_at = datetime.fromtimestamp(end_us / 1_000_000, UTC)
+    left = (expires_at - datetime.now(UTC)).total_seconds()
+    if left > horizon:
+        return False
+    key = hold_timer_key(event_id, end_us)
+    if not client.set(key, "1", nx=True, ex=max(1, int(left) + 60)):
+        return False
+    try:
+        schedule_expiry(sender, event_id, expires_at)
+        schedule_warning(sender, event_id, expires_at, warn_before)
+    except Exception:
+        client.delete(key)  # the next sweep tries again
+        raise
+    return True
+
+
+def timer_ends(session: Session, horizon: float) -> list[tuple[int, datetime]]:
+    """(event, end) of the holds still held that end within ``horizon`` seconds: the sweeper's
+    to hand to ``set_timers`` (those already sent are skipped there). Reads
+    idx_bookings_held_expiry."""
+    now = func.now()
+    rows = session.execute(
+        select(Booking.event_id, Booking.expires_at)
+        .where(
+            Booking.status == "held",
+            Booking.expires_at > now,
+            Booking.expires_at <= now + func.make_interval(0, 0, 0, 0, 0, 0, horizon),
+        )
+        .distinct()
+    )
+    return [(event_id, end) for event_id, end in rows if end is not None]
+
+
 def warn_holds(session: Session, event_id: int, expires_at: datetime) -> list[dict[str, Any]]:
-    """The ``hold_expiring`` messages for the event's holds ending at ``expires_at`` and still
-    held (a confirmed or cancelled one is not warned)."""
+    """The ``hold_expiring`` messages for the event's holds ending in the bucket that ends at
+    ``expires_at`` and still held (a confirmed or cancelled one is not warned)."""
     rows = session.scalars(
         select(Booking).where(
             Booking.event_id == event_id,
             Booking.status == "held",
-            Booking.expires_at == expires_at,
+            Booking.expires_at > expires_at - TIMER_BUCKET,
+            Booking.expires_at <= expires_at,
             Booking.cancel_requested_at.is_(None),
         )
     )
@@ -147,7 +205,7 @@ def warn_holds(session: Session, event_id: int, expires_at: datetime) -> list[di
             "status": "held",
             "warning": "hold_expiring",
             "quantity": b.quantity,
-            "expiresAt": expires_at.isoformat(),
+            "expiresAt": b.expires_at.isoformat() if b.expires_at else None,
             "timestamp": stamp,
             "userId": b.user_id,
         }
