@@ -15,7 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,6 +70,10 @@ class Client:
     # Something is queued or being written by the sender: what comes next queues behind it.
     busy: bool = False
     timers: list[asyncio.TimerHandle] = field(default_factory=list)  # heartbeat, expiry
+    # Starts the sender task, set while the socket's task group runs; most sockets never
+    # queue (their frames are written at once), so the task starts on the first queued item.
+    start_sender: Callable[[], None] | None = None
+    sender_started: bool = False
     scope: anyio.CancelScope | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -132,6 +136,9 @@ class ConnectionManager:
             self.drop(client)
             return False
         client.busy = True
+        if not client.sender_started and client.start_sender is not None:
+            client.sender_started = True
+            client.start_sender()
         return True
 
     def deliver(self, client: Client, text: str, frame: bytes) -> bool:

@@ -1,9 +1,9 @@
-"""One socket's life: checks, then a receiver (client commands) and a sender (drains the queue)
-in one task group, with the reads that memory cannot answer (the user's places in line, a
-snapshot), so a disconnect, a failed send or a drop ends them all. The heartbeat and the token's
-expiry are timers, and what memory answers (snapshot, places) is sent before the group starts:
-opening a socket costs two tasks. A single send stuck for ``WS_SEND_TIMEOUT`` drops the client
-(close 1013)."""
+"""One socket's life: checks, then a receiver (client commands) in one task group with a sender
+(drains the queue, started when something is first queued) and the reads that memory cannot
+answer (the user's places in line, a snapshot), so a disconnect, a failed send or a drop ends
+them all. The heartbeat and the token's expiry are timers, and what memory answers (snapshot,
+places) is written before the group starts: opening a socket costs one task. A single send
+stuck for ``WS_SEND_TIMEOUT`` drops the client (close 1013)."""
 
 from __future__ import annotations
 
@@ -85,13 +85,21 @@ async def serve(
                 if client.close_code is not None:  # closed before the group started
                     tg.cancel_scope.cancel()
                 tg.start_soon(_receive, manager, client)
-                tg.start_soon(_send, manager, client)
+
+                def start_sender() -> None:
+                    tg.start_soon(_send, manager, client)
+
+                client.start_sender = start_sender
+                if not client.queue.empty():  # queued before the group started
+                    client.sender_started = True
+                    start_sender()
                 if not places_known:
                     tg.start_soon(positions.load, manager, client)
                 if not answered:
                     assert event_id is not None
                     tg.start_soon(finish_subscription, manager, client, event_id)
     finally:
+        client.start_sender = None  # the group is gone
         for timer in client.timers:
             timer.cancel()
         manager.unregister(client)
