@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         le=30,
         description="seconds between seat messages that move only the line",
     )
+    WS_SEAT_DELIVERIES: int = Field(
+        default=10_000,
+        ge=0,
+        description="seat messages per second one process writes per event before its interval"
+        " grows with the watchers (up to WS_LINE_INTERVAL); 0 = never grows",
+    )
     WS_WRITE_BUFFER: int = Field(
         default=262_144, ge=4096, description="bytes unsent to one socket before it is dropped"
     )

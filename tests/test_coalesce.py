@@ -43,12 +43,16 @@ def seat(version: int, departed: int, kind: str) -> dict[str, Any]:
     }
 
 
-def replay(messages: list[tuple[int, int, str, float]]) -> tuple[list[tuple[float, Key]], float]:
+def replay(
+    messages: list[tuple[int, int, str, float]], interval_of: Any = None
+) -> tuple[list[tuple[float, Key]], float]:
     """Feed the messages in order, running every flush when it falls due; (time, key) emitted."""
     now = 0.0
     emitted: list[tuple[float, Key]] = []
     due: list[float] = []
-    coalescer = Coalescer(INTERVAL, lambda _e, key, _m: emitted.append((now, key)), LINE_INTERVAL)
+    coalescer = Coalescer(
+        INTERVAL, lambda _e, key, _m: emitted.append((now, key)), LINE_INTERVAL, interval_of
+    )
 
     def run_until(t: float) -> None:
         nonlocal now
@@ -95,6 +99,25 @@ def test_seat_messages_go_at_most_once_an_interval_and_wait_at_most_one(messages
         wait = INTERVAL if version > highest else LINE_INTERVAL
         highest = max(highest, version)
         assert any(k >= (version, departed, "") and t <= now + wait + 1e-9 for t, k in emitted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(message.filter(lambda m: m[2] in SEAT_TYPES), min_size=1, max_size=40),
+    st.integers(0, 20_000),  # watchers of the event on this process
+)
+def test_the_interval_grows_with_the_watchers_and_the_last_state_still_goes(messages, watchers):
+    """WS_SEAT_DELIVERIES: past the budget of writes a second, an event's seat messages come
+    further apart (at most the line interval), and the newest state still goes out last."""
+    budget = 10_000
+    emitted, _ = replay(messages, lambda _event: watchers / budget)
+    seat_gap = max(INTERVAL, min(watchers / budget, LINE_INTERVAL))
+    keys = [k for _, k in emitted]
+    assert keys == sorted(set(keys)), "a key went back or repeated"
+    assert keys and keys[-1] == max((v, d, "") for v, d, _, _ in messages)
+    for (earlier, before), (later, after) in zip(emitted, emitted[1:], strict=False):
+        gap = seat_gap if after[0] != before[0] else LINE_INTERVAL
+        assert later - earlier >= gap - 1e-9, f"{watchers} watchers: messages {gap} s apart"
 
 
 def test_the_snapshot_is_the_newest_state_heard_even_while_it_waits():

@@ -11,6 +11,11 @@ when a sold-out event rejects requests) waits for ``WS_LINE_INTERVAL`` instead (
 the counter does not move, and a sold-out sale's rejections would otherwise cost every watcher
 ten messages a second. A seat change arriving meanwhile goes out within the shorter interval.
 
+The interval may grow with the event's watchers (``interval_of``, from ``WS_SEAT_DELIVERIES``):
+a process writes every message to every socket, so its cost is watchers x messages; past a
+budget of deliveries per second the interval stretches (up to the line interval) so that the
+cost stays flat while the last state still goes out within one interval.
+
 Messages of one event are ordered by ``order_key``: the version, then how far the line has
 moved (a ``line_update`` may carry a version already known; its line is still news), then the
 worker's timestamp (a batch that only waitlists requests moves neither, but changes the
@@ -85,10 +90,13 @@ class Coalescer:
         interval: float,
         emit: Callable[[int, Key, dict[str, Any]], None],
         line_interval: float | None = None,
+        interval_of: Callable[[int], float] | None = None,
     ) -> None:
         self.interval = interval
         self.line_interval = interval if line_interval is None else max(interval, line_interval)
         self.emit = emit
+        # The seat interval of an event, when it depends on the event (its watchers here).
+        self.interval_of = interval_of
         self._events: dict[int, _Event] = {}
         # The newest state heard per event (snapshot fields and line), kept even while coalesced,
         # with the time it was last heard or read.
@@ -155,7 +163,7 @@ class Coalescer:
             self._emit_pending(event_id, event, now)
             self._send(event_id, event, key, message, now)
             return None
-        if event.pending is None and now >= self._ready_at(event, key):
+        if event.pending is None and now >= self._ready_at(event_id, event, key):
             self._send(event_id, event, key, message, now)
             return None
         merged = event.merged or dict.fromkeys(COUNTS, 0)
@@ -165,17 +173,24 @@ class Coalescer:
                 merged[name] += value
         event.pending, event.pending_key, event.merged = message, key, merged
         event.batches += 1
-        due = max(now, self._ready_at(event, key))
+        due = max(now, self._ready_at(event_id, event, key))
         if event.due is not None and event.due <= due:
             return None  # a flush as early is already scheduled
         event.due = due
         return due
 
-    def _ready_at(self, event: _Event, key: Key) -> float:
+    def intervals(self, event_id: int) -> tuple[float, float]:
+        """(seat interval, line interval) of the event now."""
+        if self.interval_of is None:
+            return self.interval, self.line_interval
+        seat = max(self.interval, min(self.interval_of(event_id), self.line_interval))
+        return seat, max(seat, self.line_interval)
+
+    def _ready_at(self, event_id: int, event: _Event, key: Key) -> float:
         """When a message of ``key`` may go: one interval after the last, or the longer line
         interval if it moves no seats (its version went out already)."""
-        seats_moved = key[0] != event.sent[0]
-        return event.sent_at + (self.interval if seats_moved else self.line_interval)
+        seat, line = self.intervals(event_id)
+        return event.sent_at + (seat if key[0] != event.sent[0] else line)
 
     def flush(self, event_id: int, now: float) -> float | None:
         """A scheduled time came: send the newest waiting message if it is due. Returns a time

@@ -1,10 +1,12 @@
 """The sockets of this API instance and their queues.
 
-Nothing here waits on a socket: a message goes into the socket's bounded queue, encoded once,
-and the socket's sender (``api.realtime.socket``) drains it. When a queue is full the client is
-dropped (close 1013, "try again later") rather than skipped ahead: a client that reconnects
-starts again from a snapshot, which the protocol needs anyway, and a ``booking_status`` is never
-silently lost on a connection that stays open.
+Nothing here waits on a socket: a message for a socket with nothing of its own queued is framed
+and written to its transport at once (``api.realtime.frames``); otherwise it goes into the
+socket's bounded queue, encoded once, and the socket's sender (``api.realtime.serve``) drains
+it. When a queue (or the transport's buffer) is full the client is dropped (close 1013, "try
+again later") rather than skipped ahead: a client that reconnects starts again from a
+snapshot, which the protocol needs anyway, and a ``booking_status`` is never silently lost on
+a connection that stays open.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.hub import Hub
 from api.realtime.active import ActiveUsers
 from api.realtime.coalesce import Coalescer, Key
+from api.realtime.frames import text_frame
 from api.realtime.positions import Positions
 from common.pubsub import encode
 from common.settings import Settings
@@ -64,7 +67,13 @@ class Client:
     floor: dict[int, Key] = field(default_factory=dict)
     # Set where frames may be written straight to the socket (api.realtime.frames).
     transport: asyncio.WriteTransport | None = None
-    sending: bool = False  # the sender task is writing a frame from the queue
+    # Something is queued or being written by the sender: what comes next queues behind it.
+    busy: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # heartbeat, expiry
+    # Starts the sender task, set while the socket's task group runs; most sockets never
+    # queue (their frames are written at once), so the task starts on the first queued item.
+    start_sender: Callable[[], None] | None = None
+    sender_started: bool = False
     scope: anyio.CancelScope | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -106,26 +115,46 @@ class ConnectionManager:
         self.idle.set()
 
     def offer(self, client: Client, item: str | CloseMarker) -> bool:
-        """Queue ``item`` for ``client``; False (and the client dropped) if its queue is full."""
+        """Send ``item`` to ``client``: written at once if nothing is ahead of it (nothing
+        queued, nothing unsent in the transport), else queued; False (and the client dropped)
+        if its queue is full. A slow reader's own messages thus wait in its queue, bounded
+        by ``WS_QUEUE_SIZE`` and ``WS_SEND_TIMEOUT`` as before."""
+        if not client.busy and isinstance(item, str):
+            transport = client.transport
+            if (
+                transport is not None
+                and client.close_code is None
+                and not transport.is_closing()
+                and not transport.get_write_buffer_size()
+            ):
+                transport.write(text_frame(item))
+                self.direct_writes += 1
+                return True
         try:
             client.queue.put_nowait(item)
-            return True
         except asyncio.QueueFull:
             self.drop(client)
             return False
+        client.busy = True
+        if not client.sender_started and client.start_sender is not None:
+            client.sender_started = True
+            client.start_sender()
+        return True
 
     def deliver(self, client: Client, text: str, frame: bytes) -> bool:
-        """``offer``, but a socket with nothing queued or being written gets ``frame`` (the
-        same message, framed once for every socket) on its transport at once."""
+        """``offer``, with ``frame`` (the same message, framed once for every socket) for a
+        socket that can take it at once."""
         transport = client.transport
         if (
-            transport is None
-            or client.sending
+            client.busy
+            or transport is None
             or client.close_code is not None
-            or not client.queue.empty()
             or transport.is_closing()
         ):
             return self.offer(client, text)
+        return self._write(client, transport, frame)
+
+    def _write(self, client: Client, transport: asyncio.WriteTransport, frame: bytes) -> bool:
         if transport.get_write_buffer_size() > self.settings.WS_WRITE_BUFFER:
             self.drop(client)  # the kernel's buffer and ours are full: it is not reading
             return False

@@ -27,10 +27,18 @@ _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 def install(manager: ConnectionManager) -> None:
     """Give ``manager`` its coalescer, whose messages go to the event's subscribers."""
     settings = manager.settings
+    budget = settings.WS_SEAT_DELIVERIES
+
+    def interval_of(event_id: int) -> float:
+        # Each seat message is one write per watcher here: past ``budget`` writes a second,
+        # the event's messages come further apart instead of the process falling behind.
+        return len(manager.by_event.get(event_id, ())) / budget
+
     manager.coalescer = Coalescer(
         settings.WS_COALESCE_INTERVAL,
         lambda e, k, m: _emit(manager, e, k, m),
         settings.WS_LINE_INTERVAL,
+        interval_of if budget else None,
     )
 
 
@@ -85,15 +93,33 @@ def _emit(manager: ConnectionManager, event_id: int, key: Key, message: dict[str
         return
     text = _ENCODER.encode(message)  # once per message and process, not per socket
     frame = text_frame(text)
+    limit = manager.settings.WS_WRITE_BUFFER
+    written = 0
+    # The loop every seat message runs once per watcher: checks inlined (``deliver`` is the
+    # same rule), the common case being a socket with nothing queued, written at once.
     for client in list(subscribers):
         floor = client.floor.get(event_id)
         if floor is not None and key <= floor:
             continue  # its snapshot is already this new (the handover never repeats)
-        held = client.held.get(event_id)
-        if held is None:
-            manager.deliver(client, text, frame)
-            continue
-        # Its snapshot is being read: held until then (api.realtime.snapshots).
-        held.append((key, text))
-        if len(held) > manager.settings.WS_QUEUE_SIZE:
-            manager.drop(client)
+        if client.held:
+            held = client.held.get(event_id)
+            if held is not None:
+                # Its snapshot is being read: held until then (api.realtime.snapshots).
+                held.append((key, text))
+                if len(held) > manager.settings.WS_QUEUE_SIZE:
+                    manager.drop(client)
+                continue
+        transport = client.transport
+        if (
+            client.busy
+            or transport is None
+            or client.close_code is not None
+            or transport.is_closing()
+        ):
+            manager.offer(client, text)
+        elif transport.get_write_buffer_size() > limit:
+            manager.drop(client)  # the kernel's buffer and ours are full: it is not reading
+        else:
+            transport.write(frame)
+            written += 1
+    manager.direct_writes += written

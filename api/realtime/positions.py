@@ -294,23 +294,34 @@ async def _read(manager: ConnectionManager, users: Collection[int]) -> list[Any]
     return await run_in_threadpool(read)
 
 
+def load_known(manager: ConnectionManager, client: Client) -> bool:
+    """The places the new socket hears without a query: True when done (another socket of the
+    user here has read them, or sign-in found none in line); False when ``load`` must read."""
+    positions, user_id = manager.positions, client.user_id
+    if user_id in positions.read:
+        for text in positions.places(user_id):
+            if not manager.offer(client, text):
+                break
+        return True
+    if client.waits is False:
+        positions.read.add(user_id)  # as a read that found nothing: accepted ones follow
+        return True
+    return False
+
+
 async def load(manager: ConnectionManager, client: Client) -> None:
     """A socket signed in: its user's waiting bookings, one query, and the new socket hears the
     place of each (the bookings new to this instance go to all the user's sockets). No query
-    when another socket of the user here has read them, or sign-in found none in line."""
-    positions, user_id = manager.positions, client.user_id
-    if user_id in positions.read:
-        texts = positions.places(user_id)
-    elif client.waits is False:
-        positions.read.add(user_id)  # as a read that found nothing: accepted ones follow
+    when ``load_known`` can answer."""
+    if load_known(manager, client):
         return
-    else:
-        try:
-            rows = await _read(manager, [user_id])
-        except Exception:  # the socket still serves seats and statuses; places follow the line
-            logger.exception("cannot read the places in line of user %s", user_id)
-            return
-        texts = positions.loaded(rows, [user_id], complete=False).get(user_id, [])
+    user_id = client.user_id
+    try:
+        rows = await _read(manager, [user_id])
+    except Exception:  # the socket still serves seats and statuses; places follow the line
+        logger.exception("cannot read the places in line of user %s", user_id)
+        return
+    texts = manager.positions.loaded(rows, [user_id], complete=False).get(user_id, [])
     for text in texts:
         if not manager.offer(client, text):
             return

@@ -1,7 +1,9 @@
-"""One socket's life: checks, then a receiver (client commands), a sender (drains the queue), a
-heartbeat, the token's expiry and the first read of the user's places in line in one task group,
-so a disconnect, a failed send or a drop ends them all. A single send stuck for
-``WS_SEND_TIMEOUT`` drops the client (close 1013)."""
+"""One socket's life: checks, then a receiver (client commands) in one task group with a sender
+(drains the queue, started when something is first queued) and the reads that memory cannot
+answer (the user's places in line, a snapshot), so a disconnect, a failed send or a drop ends
+them all. The heartbeat and the token's expiry are timers, and what memory answers (snapshot,
+places) is written before the group starts: opening a socket costs one task. A single send
+stuck for ``WS_SEND_TIMEOUT`` drops the client (close 1013)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from api.realtime.connections import (
     ConnectionManager,
 )
 from api.realtime.frames import transport_of
-from api.realtime.snapshots import subscribe
+from api.realtime.snapshots import finish_subscription, start_subscription
 from common.pubsub import encode, now_iso
 
 CLOSE_TIMEOUT = 2.0
@@ -59,22 +61,47 @@ async def serve(
     client.waits = waits
     client.transport = transport_of(websocket.scope)
     manager.register(client)
+    loop = asyncio.get_running_loop()
+    # Timers, not tasks: opening a socket stays cheap (a storm opens thousands at once).
+    timers: list[asyncio.TimerHandle] = [
+        loop.call_later(settings.WS_HEARTBEAT_INTERVAL, _heartbeat, manager, client),
+        loop.call_later(
+            max(0.0, (expires_at - datetime.now(UTC)).total_seconds()),
+            client.end,
+            CLOSE_POLICY,
+            "token expired",
+        ),
+    ]
+    client.timers = timers
     try:
         with track_websocket():
             established = {"clientId": client.id, "eventId": event_id, "timestamp": now_iso()}
             manager.offer(client, encode("connection_established", established))
+            # What memory can answer is sent now; only a database read needs a task.
+            places_known = positions.load_known(manager, client)
+            answered = event_id is None or start_subscription(manager, client, event_id)
             async with anyio.create_task_group() as tg:
                 client.scope = tg.cancel_scope
                 if client.close_code is not None:  # closed before the group started
                     tg.cancel_scope.cancel()
                 tg.start_soon(_receive, manager, client)
-                tg.start_soon(_send, manager, client)
-                tg.start_soon(_heartbeat, manager, client)
-                tg.start_soon(_expire, client)
-                tg.start_soon(positions.load, manager, client)
-                if event_id is not None:
-                    tg.start_soon(subscribe, manager, client, event_id)
+
+                def start_sender() -> None:
+                    tg.start_soon(_send, manager, client)
+
+                client.start_sender = start_sender
+                if not client.queue.empty():  # queued before the group started
+                    client.sender_started = True
+                    start_sender()
+                if not places_known:
+                    tg.start_soon(positions.load, manager, client)
+                if not answered:
+                    assert event_id is not None
+                    tg.start_soon(finish_subscription, manager, client, event_id)
     finally:
+        client.start_sender = None  # the group is gone
+        for timer in client.timers:
+            timer.cancel()
         manager.unregister(client)
         if client.close_code is not None and not client.disconnected:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -99,15 +126,17 @@ async def _receive(manager: ConnectionManager, client: Client) -> None:
 
 
 async def _send(manager: ConnectionManager, client: Client) -> None:
+    # Drains what could not be written at once (``ConnectionManager.offer``), in order.
+    queue = client.queue
     try:
         while True:
-            item = await client.queue.get()
+            item = await queue.get()
             if isinstance(item, CloseMarker):
                 return
-            client.sending = True
             with anyio.fail_after(manager.settings.WS_SEND_TIMEOUT):
                 await client.websocket.send_text(item)
-            client.sending = False
+            if queue.empty():
+                client.busy = False  # the next message may be written at once again
     except TimeoutError:
         manager.drop(client)
     except (WebSocketDisconnect, WebSocketDisconnected):
@@ -117,16 +146,13 @@ async def _send(manager: ConnectionManager, client: Client) -> None:
             client.scope.cancel()
 
 
-async def _heartbeat(manager: ConnectionManager, client: Client) -> None:
+def _heartbeat(manager: ConnectionManager, client: Client) -> None:
     # Lets a client notice a silent server (browsers never see protocol pings); a client
-    # that stops reading fills its queue with these and is dropped.
-    while True:
-        await anyio.sleep(manager.settings.WS_HEARTBEAT_INTERVAL)
-        manager.offer(client, encode("heartbeat", {"timestamp": now_iso()}))
-
-
-async def _expire(client: Client) -> None:
-    # A token is good until its exp, on a socket as on a request: the client reconnects
-    # with a fresh one and starts again from snapshots, as after any reconnect.
-    await anyio.sleep(max(0.0, (client.expires_at - datetime.now(UTC)).total_seconds()))
-    client.end(CLOSE_POLICY, "token expired")
+    # that stops reading fills its buffer (or queue) with these and is dropped.
+    if client.close_code is not None:
+        return
+    manager.offer(client, encode("heartbeat", {"timestamp": now_iso()}))
+    loop = asyncio.get_running_loop()
+    client.timers[0] = loop.call_later(
+        manager.settings.WS_HEARTBEAT_INTERVAL, _heartbeat, manager, client
+    )

@@ -74,7 +74,9 @@ async def _read_one(manager: ConnectionManager, event_id: int) -> dict[str, Any]
     return snapshot
 
 
-async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -> None:
+def start_subscription(manager: ConnectionManager, client: Client, event_id: int) -> bool:
+    """Subscribe and answer from memory, with no await: True when answered (a snapshot, or
+    refused); False when the snapshot must be read (``finish_subscription``)."""
     settings = manager.settings
     if event_id not in client.events:
         if len(client.events) >= settings.WS_MAX_SUBSCRIPTIONS:
@@ -86,7 +88,7 @@ async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -
                     eventId=event_id,
                 ),
             )
-            return
+            return True
         client.events.add(event_id)
         manager.by_event[event_id].add(client)
     now = asyncio.get_running_loop().time()
@@ -97,9 +99,20 @@ async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -
         client.held.pop(event_id, None)
         client.floor[event_id] = key
         manager.offer(client, encode("subscribed", _stamped(snapshot)))
-        return
+        return True
     # Subscribed before the snapshot is read, so nothing published in between is missed.
     client.held.setdefault(event_id, [])
+    return False
+
+
+async def subscribe(manager: ConnectionManager, client: Client, event_id: int) -> None:
+    if not start_subscription(manager, client, event_id):
+        await finish_subscription(manager, client, event_id)
+
+
+async def finish_subscription(manager: ConnectionManager, client: Client, event_id: int) -> None:
+    """The snapshot of an event this process has not heard of lately, read from PostgreSQL;
+    the messages held meanwhile that are newer follow it."""
     try:
         read = await _read_one(manager, event_id)
     finally:
