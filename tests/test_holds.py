@@ -175,6 +175,25 @@ def test_ebs_check_finds_a_hold_past_its_time_and_seats_that_do_not_add_up(
 # ---------------------------------------------------------------- the API
 
 
+@pytest.fixture
+def client(engine, settings):
+    """The API with a broker of its own that no worker consumes: these tests drain by hand, and
+    the session's worker (started by an earlier test file) would otherwise decide, or expire,
+    the same bookings at the same time."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from devstack import RedisServer
+
+    broker = RedisServer().start()
+    try:
+        quiet = settings.model_copy(update={"CELERY_BROKER_URL": broker.url})
+        with TestClient(create_app(quiet)) as test_client:
+            yield test_client
+    finally:
+        broker.close()
+
+
 def make_held(client, db, auth, user, event, quantity=1) -> str:
     answer = client.post(
         "/api/bookings", json={"eventId": event.id, "quantity": quantity}, headers=auth(user)
