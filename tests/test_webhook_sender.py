@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from common.webhooks import delivery
 from common.webhooks.delivery import MAX_READ, Sender, Target
 from devstack import free_port
 
@@ -172,7 +173,7 @@ def test_keep_alive_sends_a_run_of_messages_on_one_connection(serve):
     assert server.connections == 1
 
 
-def test_tls_names_the_urls_host_and_checks_its_certificate(serve, tmp_path, monkeypatch):
+def test_tls_names_the_urls_host_and_checks_its_certificate(serve, tmp_path, monkeypatch, request):
     cert, key = _certificate(tmp_path, NAME)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -180,6 +181,8 @@ def test_tls_names_the_urls_host_and_checks_its_certificate(serve, tmp_path, mon
     context.sni_callback = lambda sock, name, ctx: names.append(name)
     server = serve(tls=context)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the test's certificate is the only CA
+    delivery._tls_context.cache_clear()
+    request.addfinalizer(delivery._tls_context.cache_clear)
 
     out = sender(f"https://{NAME}:{server.port}/", server.port).send(b"{}", {})
     assert out.verdict == "delivered" and names == [NAME]
