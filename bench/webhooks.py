@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import flash_sale
+from bench.cpu import _descendants, cpu_seconds
 from bench.flash_sale import machine, mint_tokens
 from bench.load import _percentiles, run_clients
 from bench.stack import Data, Stack, StackConfig, add_target_args, check_targets, prepare_database
@@ -215,6 +216,13 @@ def deliveries(
     }
 
 
+def tree_cpu(process: ManagedProcess) -> float:
+    """CPU seconds of a process and its children (a Celery worker's pool) so far."""
+    if process.proc is None:
+        return 0.0
+    return sum(cpu_seconds(pid) or 0.0 for pid in _descendants([process.proc.pid]))
+
+
 def sale_args(args: argparse.Namespace) -> argparse.Namespace:
     """What bench.flash_sale's ``run_design`` reads: one sale, no warm-up, no sockets."""
     return argparse.Namespace(
@@ -282,6 +290,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 wait_delivered(data, args.settle)
                 data.vacuum()
                 start = receiver.count()
+                cpu_before = {p.name: tree_cpu(p) for p in (hooks_worker, receiver)}
                 if args.profile:
                     spies = stack.profile(args.profile / f"{round_index}-{variant}")
                 result = await flash_sale.run_design("queued", stack, data, tokens, sale_args(args))
@@ -292,6 +301,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     sale["webhooks"] = deliveries(
                         data, receiver, secrets, event_id, start, result, args.settle
                     )
+                    # From the sale's start to its last receipt: the deliveries' whole cost,
+                    # the tail after the sale included (the sale's own meter stops at its end).
+                    spent = {p.name: round(tree_cpu(p) - cpu_before[p.name], 2)
+                             for p in (hooks_worker, receiver)}  # fmt: skip
+                    received = max(1, sale["webhooks"]["received"])
+                    sale["webhooks"]["cpuSeconds"] = spent
+                    sale["webhooks"]["cpuMsPerDelivery"] = {
+                        name: round(1000 * seconds / received, 3) for name, seconds in spent.items()
+                    }
                 sales.append(sale)
                 print(line(sale), file=sys.stderr)
     finally:
@@ -348,7 +366,8 @@ def line(sale: dict[str, Any]) -> str:
         text += (
             f"; {hooks['received']}/{hooks['expected']} delivered,"
             f" {hooks['deliveriesPerSecond']} /s, lag p50/p99 {lag['p50']:,.0f}/{lag['p99']:,.0f}"
-            f" ms, last {hooks['lastReceiptAfterLastDecisionSeconds']} s after the sale"
+            f" ms, last {hooks['lastReceiptAfterLastDecisionSeconds']} s after the sale;"
+            f" CPU ms/delivery {hooks['cpuMsPerDelivery']}"
         )
     return text
 

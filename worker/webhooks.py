@@ -46,7 +46,7 @@ def deliver(endpoint_id: int) -> dict[str, object]:
 
     try:
         result = deliverer.deliver_endpoint(
-            res.engine, res.session_factory, endpoint_id, res.settings, count,
+            res.engine, endpoint_id, res.settings, count,
             deadline=time.monotonic() + DRAIN_SECONDS,
         )  # fmt: skip
     finally:

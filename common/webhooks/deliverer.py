@@ -16,7 +16,8 @@ queue goes on. ``WEBHOOK_DISABLE_AFTER`` consecutive failures, or one 410, disab
 endpoint with the reason written on it; its messages wait for it to be enabled again.
 
 A message is sent, then recorded: a deliverer that dies in between sends it again, with the same
-``webhook-id``. Successes are recorded once per batch (a crash resends at most that batch).
+``webhook-id``. Successes are recorded once per batch, in the transaction that reads the next
+(a crash resends at most that batch). The loop is Core SQL, not the ORM: it runs per message.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, Row, insert, select, text, update
+from sqlalchemy.orm import Session
 
-from common.db import session_scope
 from common.errors import DestinationRefused
 from common.settings import Settings
 from common.webhooks import messages
@@ -42,7 +42,7 @@ from common.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessa
 logger = logging.getLogger(__name__)
 
 LOCK_CLASS = 1162957655  # 'EBSW' in ASCII: the advisory lock class of endpoint deliverers
-BATCH = 50
+BATCH = 100
 JITTER = 0.2
 
 # Called with each outcome and the age of its message (decision to attempt), for the metrics.
@@ -67,7 +67,6 @@ def retry_delay(failures: int, settings: Settings, wait: float | None) -> float:
 
 def deliver_endpoint(
     engine: Engine,
-    factory: sessionmaker[Session],
     endpoint_id: int,
     settings: Settings,
     on_outcome: OnOutcome,
@@ -85,18 +84,14 @@ def deliver_endpoint(
             if not taken:
                 return {**result, "attempted": attempted, "busy": True}
             try:
-                attempted += _drain(factory, endpoint_id, settings, on_outcome, deadline)
+                attempted += _drain(engine, endpoint_id, settings, on_outcome, deadline)
             finally:
                 lock.execute(text("SELECT pg_advisory_unlock(:c, :e)"), args)
                 lock.commit()
-        with session_scope(factory) as session:
-            due = _is_due(session, endpoint_id)
+        with engine.connect() as conn:
+            due = conn.scalar(due_endpoints().where(WebhookEndpoint.id == endpoint_id)) is not None
         if not due or time.monotonic() > deadline:
             return {**result, "attempted": attempted, "more": due}
-
-
-def _is_due(session: Session, endpoint_id: int) -> bool:
-    return bool(session.scalar(select(due_endpoints().where(WebhookEndpoint.id == endpoint_id))))
 
 
 def due_endpoints():  # type: ignore[no-untyped-def]
@@ -121,16 +116,22 @@ def due_endpoint_ids(session: Session) -> list[int]:
     return list(session.scalars(due_endpoints().order_by(WebhookEndpoint.id)))
 
 
-def _load(session: Session, endpoint_id: int) -> Endpoint | None:
+ENDPOINT = text(
+    "SELECT url, secret, previous_secret, previous_secret_until, enabled, retry_at"
+    " FROM webhook_endpoints WHERE id = :e"
+)
+
+
+def _load(conn: Connection, endpoint_id: int) -> Endpoint | None:
     """The endpoint if it may be sent to now, with the secrets that sign."""
-    ep = session.get(WebhookEndpoint, endpoint_id)
+    ep = conn.execute(ENDPOINT, {"e": endpoint_id}).first()
     now = datetime.now(UTC)
     if ep is None or not ep.enabled or (ep.retry_at is not None and ep.retry_at > now):
         return None
     secrets = [ep.secret]
     if ep.previous_secret and ep.previous_secret_until and ep.previous_secret_until > now:
         secrets.append(ep.previous_secret)
-    return Endpoint(ep.id, ep.url, secrets)
+    return Endpoint(endpoint_id, ep.url, secrets)
 
 
 DUE = text(
@@ -144,41 +145,50 @@ ORDER BY m.id LIMIT :n
 )
 
 
+def _next_batch(
+    conn: Connection, endpoint_id: int
+) -> tuple[Endpoint | None, Sequence[Row[Any]]]:  # fmt: skip
+    endpoint = _load(conn, endpoint_id)  # a rotation or a disable since the last batch
+    batch = conn.execute(DUE, {"e": endpoint_id, "n": BATCH}).all() if endpoint else []
+    return endpoint, batch
+
+
 def _drain(
-    factory: sessionmaker[Session],
+    engine: Engine,
     endpoint_id: int,
     settings: Settings,
     on_outcome: OnOutcome,
     deadline: float,
 ) -> int:
-    with session_scope(factory) as session:
-        endpoint = _load(session, endpoint_id)
+    with engine.connect() as conn:
+        endpoint = _load(conn, endpoint_id)
     if endpoint is None:
         return 0
     try:
         target = resolve(endpoint.url, settings.webhook_allowed_networks)
     except DestinationRefused as exc:
-        with session_scope(factory) as session:
-            head = session.execute(DUE, {"e": endpoint_id, "n": 1}).first()
+        with engine.connect() as conn:
+            head = conn.execute(DUE, {"e": endpoint_id, "n": 1}).first()
         if head is not None:
             refused = Outcome("retry", None, f"refused: {exc.message}"[:200], 0, None)
-            _record_failure(factory, endpoint_id, head, refused, settings)
+            _record_failure(engine, endpoint_id, head, refused, settings)
             on_outcome(refused, _age(head))
         return 1 if head is not None else 0
     sender = Sender(
         target, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT, timeout=settings.WEBHOOK_TIMEOUT
     )
     attempted = 0
+    delivered: list[tuple[Row[Any], Outcome]] = []
     try:
         while True:
-            with session_scope(factory) as session:
-                endpoint = _load(session, endpoint_id)  # a rotation or a disable since
-                batch = (
-                    session.execute(DUE, {"e": endpoint_id, "n": BATCH}).all() if endpoint else []
-                )
+            # One transaction records the batch just sent and reads the next.
+            with engine.begin() as conn:
+                _record_delivered(conn, endpoint_id, delivered)
+                delivered = []
+                endpoint, batch = _next_batch(conn, endpoint_id)
             if endpoint is None or not batch or time.monotonic() > deadline:
                 return attempted
-            delivered: list[tuple[Row[Any], Outcome]] = []
+            signers = messages.signers(endpoint.secrets)
             for row in batch:
                 body = messages.payload(
                     log_id=row.log_id,
@@ -191,17 +201,17 @@ def _drain(
                 )
                 msg_id = messages.message_id(row.log_id)
                 now = datetime.now(UTC)
-                outcome = sender.send(body, messages.headers(msg_id, body, endpoint.secrets, now))
+                outcome = sender.send(body, messages.headers(msg_id, body, signers, now))
                 attempted += 1
                 on_outcome(outcome, (now - row.created_at).total_seconds())
                 if outcome.verdict == "delivered":
                     delivered.append((row, outcome))
                     continue
-                _record_delivered(factory, endpoint_id, delivered)
+                with engine.begin() as conn:
+                    _record_delivered(conn, endpoint_id, delivered)
                 delivered = []
-                if _record_failure(factory, endpoint_id, row, outcome, settings):
+                if _record_failure(engine, endpoint_id, row, outcome, settings):
                     return attempted  # the endpoint waits (or is disabled): so does its queue
-            _record_delivered(factory, endpoint_id, delivered)
     finally:
         sender.close()
 
@@ -210,41 +220,44 @@ def _age(row: Row[Any]) -> float:
     return (datetime.now(UTC) - row.created_at).total_seconds()
 
 
-def _attempt(row: Row[Any], outcome: Outcome) -> WebhookAttempt:
-    return WebhookAttempt(
-        message_id=row.id,
-        status_code=outcome.status_code,
-        error=outcome.error,
-        latency_ms=outcome.latency_ms,
-        response_head=outcome.response_head,
-    )
+# One statement per batch: its attempts logged, its messages marked delivered.
+DELIVERED = text(
+    """
+WITH d AS (
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[]),
+                         CAST(:latencies AS integer[]), CAST(:heads AS text[]))
+        AS d(id, status, latency, head)
+), logged AS (
+    INSERT INTO webhook_attempts (message_id, status_code, latency_ms, response_head)
+    SELECT id, status, latency, head FROM d
+)
+UPDATE webhook_messages m SET state = 'delivered', delivered_at = now(),
+    attempts = m.attempts + 1, last_status = d.status, last_error = NULL
+FROM d WHERE m.id = d.id
+"""
+)
+# A success ends a run of failures (the statement writes only if there was one).
+SUCCEEDED = text(
+    "UPDATE webhook_endpoints SET failure_count = 0, retry_at = NULL"
+    " WHERE id = :e AND failure_count > 0"
+)
 
 
 def _record_delivered(
-    factory: sessionmaker[Session], endpoint_id: int, delivered: list[tuple[Row[Any], Outcome]]
+    conn: Connection, endpoint_id: int, delivered: list[tuple[Row[Any], Outcome]]
 ) -> None:
     if not delivered:
         return
-    with session_scope(factory) as session:
-        session.add_all([_attempt(row, outcome) for row, outcome in delivered])
-        session.execute(
-            text(
-                "UPDATE webhook_messages m SET state = 'delivered', delivered_at = now(),"
-                " attempts = m.attempts + 1, last_status = d.status, last_error = NULL"
-                " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[]))"
-                " AS d(id, status) WHERE m.id = d.id"
-            ),
-            {
-                "ids": [row.id for row, _ in delivered],
-                "statuses": [outcome.status_code for _, outcome in delivered],
-            },
-        )
-        # A success ends a run of failures (the statement writes only if there was one).
-        session.execute(
-            update(WebhookEndpoint)
-            .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failure_count > 0)
-            .values(failure_count=0, retry_at=None)
-        )
+    conn.execute(
+        DELIVERED,
+        {
+            "ids": [row.id for row, _ in delivered],
+            "statuses": [outcome.status_code for _, outcome in delivered],
+            "latencies": [outcome.latency_ms for _, outcome in delivered],
+            "heads": [outcome.response_head for _, outcome in delivered],
+        },
+    )
+    conn.execute(SUCCEEDED, {"e": endpoint_id})
 
 
 def describe(outcome: Outcome) -> str:
@@ -252,7 +265,7 @@ def describe(outcome: Outcome) -> str:
 
 
 def _record_failure(
-    factory: sessionmaker[Session],
+    engine: Engine,
     endpoint_id: int,
     row: Row[Any],
     outcome: Outcome,
@@ -260,9 +273,17 @@ def _record_failure(
 ) -> bool:
     """Write a failed attempt; True if the endpoint's queue must now wait (or is disabled)."""
     now = datetime.now(UTC)
-    with session_scope(factory) as session:
-        session.add(_attempt(row, outcome))
-        failures = session.execute(
+    with engine.begin() as conn:
+        conn.execute(
+            insert(WebhookAttempt).values(
+                message_id=row.id,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                latency_ms=outcome.latency_ms,
+                response_head=outcome.response_head,
+            )
+        )
+        failures = conn.execute(
             update(WebhookEndpoint)
             .where(WebhookEndpoint.id == endpoint_id)
             .values(failure_count=WebhookEndpoint.failure_count + 1)
@@ -291,9 +312,9 @@ def _record_failure(
         if reason is not None:
             endpoint.update(enabled=False, disabled_reason=reason, disabled_at=now)
             logger.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
-        session.execute(update(WebhookMessage).where(WebhookMessage.id == row.id).values(**message))
+        conn.execute(update(WebhookMessage).where(WebhookMessage.id == row.id).values(**message))
         if endpoint:
-            session.execute(
+            conn.execute(
                 update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id).values(**endpoint)
             )
     return outcome.verdict != "failed" or reason is not None

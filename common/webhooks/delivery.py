@@ -13,17 +13,18 @@ without a retry.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import ipaddress
-import logging
+import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
-
-import httpx
 
 from common.errors import DestinationRefused
 
@@ -125,58 +126,121 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-# httpx logs each request's URL at INFO; a receiver's URL may carry its token in the query.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+class _Connection(http.client.HTTPConnection):
+    """Plain HTTP to the checked address: ``host`` is that address; ``Host`` is set by the
+    sender. The connect timeout bounds the connect, the read timeout every read after it."""
+
+    def __init__(self, target: Target, connect_timeout: float, timeout: float) -> None:
+        super().__init__(str(target.address), target.port, timeout=connect_timeout)
+        self.read_timeout = timeout
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.read_timeout)
+        self.sock = sock
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's CAs, hostname checked. Made once per process: loading the CA bundle costs
+    ~20 ms of CPU, which every drain (one per decided batch in a sale) would pay again."""
+    return ssl.create_default_context()
+
+
+class _TLSConnection(_Connection):
+    """TLS over the same connect: SNI and the certificate check use the URL's host name, not
+    the address connected to."""
+
+    def __init__(self, target: Target, connect_timeout: float, timeout: float) -> None:
+        super().__init__(target, connect_timeout, timeout)
+        self.server_name = target.host
+        self.context = _tls_context()
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
+def _stale(sock: socket.socket | None) -> bool:
+    """A kept-alive socket the receiver closed (or wrote to unasked) reads as ready."""
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 class Sender:
-    """Attempts to one target over one kept-alive connection to its checked address.
+    """Attempts to one target over one kept-alive HTTP/1.1 connection to its checked address.
 
-    Requests go straight to the transport, below ``httpx.Client``: a redirect is an answer
-    (never followed), and a receiver's cookies are neither kept nor sent back (the client's
-    cookie jar cost a tenth of a delivery's CPU)."""
+    ``http.client`` directly: it follows no redirect (one is an answer), keeps no cookies,
+    reads no proxy from the environment and logs nothing, and costs a delivery a fraction of
+    httpx's CPU (docs/BENCHMARKS.md, "Webhooks")."""
 
     def __init__(self, target: Target, *, connect_timeout: float, timeout: float) -> None:
         self.target = target
-        # trust_env=False: no proxy from the environment, which would connect elsewhere.
-        self.transport = httpx.HTTPTransport(trust_env=False)
-        self.timeout = httpx.Timeout(timeout, connect=connect_timeout).as_dict()
-        self.url = httpx.URL(target.url).copy_with(host=str(target.address))
-        self.host_header = urlsplit(target.url).netloc  # as the URL wrote it (no credentials)
+        kind = _TLSConnection if target.scheme == "https" else _Connection
+        self.connection = kind(target, connect_timeout, timeout)
+        self.timeout = timeout
+        parts = urlsplit(target.url)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.host_header = parts.netloc  # as the URL wrote it (check_url refuses credentials)
 
     def send(self, body: bytes, headers: dict[str, str]) -> Outcome:
         started = time.monotonic()
-        extensions: dict[str, object] = {"timeout": self.timeout}
-        if self.target.scheme == "https":
-            extensions["sni_hostname"] = self.target.host
+        request = {**headers, "host": self.host_header, "user-agent": "ebs-webhooks/1"}
+        reused = self.connection.sock is not None
+        if reused and _stale(self.connection.sock):
+            self.connection.close()
+            reused = False
         try:
-            request = httpx.Request(
-                "POST",
-                self.url,
-                content=body,
-                headers={**headers, "host": self.host_header, "user-agent": "ebs-webhooks/1"},
-                extensions=extensions,
-            )
-            response = self.transport.handle_request(request)
             try:
-                head = bytearray()
-                for chunk in response.iter_raw():
-                    head.extend(chunk)
-                    if len(head) >= MAX_READ:
-                        break
-            finally:
-                response.close()
-        except httpx.TimeoutException:
+                response = self._exchange(body, request)
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+                if not reused:
+                    raise
+                # The receiver closed the idle connection as we wrote: once more on a new one
+                # (the same webhook-id, so at worst a duplicate it deduplicates).
+                self.connection.close()
+                response = self._exchange(body, request)
+            head = self._read(response, started)
+        except TimeoutError:
+            self.connection.close()
             return self._failure("timeout", started)
-        except httpx.HTTPError as exc:
+        except (OSError, http.client.HTTPException) as exc:
+            self.connection.close()
             return self._failure(f"connection: {type(exc).__name__}", started)
         latency = int((time.monotonic() - started) * 1000)
-        status = response.status_code
+        status = response.status
         wait = None
         if status in (429, 503):
-            wait = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-        text = bytes(head[:HEAD]).decode("utf-8", "replace")
+            wait = retry_after(response.getheader("retry-after"), datetime.now(UTC))
+        text = head[:HEAD].decode("utf-8", "replace")
         return Outcome(verdict_of(status), status, None, latency, text, wait)
+
+    def _exchange(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
+        self.connection.request("POST", self.path, body, headers)
+        return self.connection.getresponse()
+
+    def _read(self, response: http.client.HTTPResponse, started: float) -> bytes:
+        """At most ``MAX_READ`` bytes, within ``timeout`` in all (a reply trickled a byte at a
+        time never holds the queue longer); the connection is kept only if the reply ended."""
+        head = bytearray()
+        while len(head) < MAX_READ and not response.isclosed():
+            if time.monotonic() - started > self.timeout:
+                raise TimeoutError
+            chunk = response.read1(MAX_READ - len(head))
+            if not chunk:
+                break
+            head.extend(chunk)
+        if response.length == 0:
+            response.read()  # read1 leaves a finished reply open; this ends it, keeping the socket
+        if not response.isclosed():
+            response.close()
+            self.connection.close()
+        return bytes(head)
 
     @staticmethod
     def _failure(error: str, started: float) -> Outcome:
@@ -184,4 +248,4 @@ class Sender:
         return Outcome("retry", None, error, latency, None)
 
     def close(self) -> None:
-        self.transport.close()
+        self.connection.close()

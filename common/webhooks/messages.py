@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -81,12 +81,17 @@ def _status_after(action: str, details: Mapping[str, Any] | None) -> str:
     return STATUS_AFTER.get(action, action)
 
 
+def signers(secrets: Sequence[str]) -> list[Webhook]:
+    """One ``standardwebhooks`` signer per secret, made once per batch (each decodes its key)."""
+    return [Webhook(s) for s in secrets]
+
+
 def headers(
-    msg_id: str, body: bytes, secrets: list[str], now: datetime
+    msg_id: str, body: bytes, signers: Sequence[Webhook], now: datetime
 ) -> dict[str, str]:  # fmt: skip
     """The Standard Webhooks headers, with one signature per secret (the current one first,
     then the previous one during its grace period), so a receiver holding either verifies."""
-    signatures = " ".join(Webhook(s).sign(msg_id, now, body) for s in secrets)
+    signatures = " ".join(w.sign(msg_id, now, body) for w in signers)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(now.timestamp())),
