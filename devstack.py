@@ -222,9 +222,11 @@ class ApiProcess(ManagedProcess):
         workers: int | None = None,
         access_log: bool = True,
         host: str = "127.0.0.1",
+        app: str = "api.main:app",
     ) -> None:
         super().__init__(name, log_dir)
         self.host = host
+        self.app = app
         self.port = free_port()
         self.env = env
         self.workers = workers
@@ -239,7 +241,7 @@ class ApiProcess(ManagedProcess):
         return f"ws://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        argv = [str(BIN / "uvicorn"), "api.main:app", "--host", self.host,
+        argv = [str(BIN / "uvicorn"), self.app, "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning",
                 "--http", HTTP_PROTOCOL, "--ws-max-size", ws_max_size(self.env)]  # fmt: skip
         if self.workers is not None:

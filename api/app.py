@@ -176,10 +176,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.include_router(ws.router)
-    if settings.ENABLE_SYNC_BASELINE:
-        from api.routes import baseline  # benchmark aid only; Settings refuses it in production
-
-        app.include_router(baseline.router)
     app.add_middleware(
         EnvelopeCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,

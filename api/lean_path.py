@@ -16,7 +16,8 @@ It takes what it stands in for from the app, never from literals: the two routes
 template and regex) from the bookings router, the Host check from the app's own
 ``AllowedHostsMiddleware``, the body's rules from the schema. The app's lifespan installs it
 only with ``LEAN_PATH``; tests/test_lean_path.py feeds both paths the same generated requests
-and freezes what the full stack applies to the two routes.
+and freezes what the full stack applies to the two routes. An app may add POST routes of the
+same body (``App.add_lean_post``): the bench's synchronous baseline rides this layer that way.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ from common.bookings.schemas import BookingCreate
 from common.errors import InvalidToken
 
 MAX_BODY = 1024  # the plain body is about 30 bytes; anything larger takes the full path
-SYNC_ROUTE = "/api/bench/bookings-sync"  # the benchmark's baseline, on the same lean layer
+# A POST route's logic once the lean path has parsed the request: (app state, user id, body,
+# Idempotency-Key, Prefer) -> the response.
+LeanPost = Callable[[Any, int, BookingCreate, str | None, str | None], Awaitable[Response]]
 
 
 async def _accept(
@@ -68,20 +71,18 @@ async def _accept(
     )
 
 
-async def _book_synchronously(
-    state: Any, user_id: int, data: BookingCreate, *_: str | None
-) -> Response:
-    from api.routes import baseline  # only mounted with ENABLE_SYNC_BASELINE
-
-    return await baseline.book(state.session_factory, user_id, data)
-
-
 class App(FastAPI):
     """FastAPI with the lean path in front of all of it, its own outer layers included, once
     the lifespan has installed it (``install``); until then, and without ``LEAN_PATH``, plain
     FastAPI."""
 
     lean: LeanPath | None = None
+    # More POST routes taking a BookingCreate, served on the lean path the same way (path ->
+    # logic), each also mounted on the app for what the lean path hands on (the bench's).
+    lean_posts: dict[str, LeanPost] = {}
+
+    def add_lean_post(self, path: str, handle: LeanPost) -> None:
+        self.lean_posts = {**self.lean_posts, path: handle}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lean = self.lean
@@ -126,17 +127,15 @@ class LeanPath:
         self.get_route = _route(bookings.get_booking)
         # The same middleware the full path runs, with the same options: one Host check.
         self.hosts = AllowedHostsMiddleware(self.app, **_middleware(app, AllowedHostsMiddleware))
-        self.baseline = bool(app.state.settings.ENABLE_SYNC_BASELINE)
+        self.posts: dict[str, LeanPost] = {self.post_route.path: _accept, **app.lean_posts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.hosts.admits(scope):
             method, path = scope["method"], scope["path"]
             if method == "POST":
-                if path == self.post_route.path:
-                    await self._post(scope, receive, send, self.post_route.path, _accept)
-                    return
-                if path == SYNC_ROUTE and self.baseline:
-                    await self._post(scope, receive, send, SYNC_ROUTE, _book_synchronously)
+                handle = self.posts.get(path)
+                if handle is not None:
+                    await self._post(scope, receive, send, path, handle)
                     return
             elif method == "GET":
                 match = self.get_route.path_regex.match(path)
@@ -146,7 +145,7 @@ class LeanPath:
         await self.app(scope, receive, send)
 
     async def _post(
-        self, scope: Scope, receive: Receive, send: Send, route: str, handle: Callable[..., Any]
+        self, scope: Scope, receive: Receive, send: Send, route: str, handle: LeanPost
     ) -> None:
         headers = _plain_headers(scope, body=True)
         if headers is None:

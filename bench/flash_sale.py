@@ -239,8 +239,9 @@ def drain_benchmark(
     stack: Stack, data: Data, users: list[int], args: argparse.Namespace
 ) -> dict[str, Any]:
     """The same backlog decided two ways on the same database: the worker's batches, and
-    ``create_booking`` called once per booking, one transaction each, by one client (the
-    single-booking design's best case: more clients only queue on the event row lock)."""
+    ``bench.create_booking`` (bench/create_booking.sql) called once per booking, one
+    transaction each, by one client (the single-booking design's best case: more clients only
+    queue on the event row lock)."""
     from celery import Celery
 
     from common.tasks import BOOKINGS_QUEUE, PROCESS_EVENT
@@ -280,7 +281,7 @@ def drain_benchmark(
     with conn.cursor() as cur:
         for i in range(backlog):
             cur.execute(
-                "SELECT create_booking(%s, %s, %s, 1)",
+                "SELECT bench.create_booking(%s, %s, %s, 1)",
                 (users[i % len(users)], loop_event, f"bk_loop_{loop_event}_{i}"),
             )
             conn.commit()

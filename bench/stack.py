@@ -20,8 +20,10 @@ from typing import Any
 
 import psycopg2
 import redis
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from bench import baseline
 from devstack import (
     BIN,
     ApiProcess,
@@ -60,7 +62,6 @@ class StackConfig:
                 "DATABASE_URL": self.database_url,
                 "REDIS_URL": self.redis_url,
                 "JWT_SECRET": BENCH_JWT_SECRET,
-                "ENABLE_SYNC_BASELINE": "true",
                 "LOG_LEVEL": "WARNING",
                 "ACCESS_LOG": "false",
             }
@@ -102,9 +103,15 @@ def check_targets(database_url: str, redis_url: str, reuse: bool) -> None:
 
 
 def prepare_database(database_url: str, reuse: bool) -> None:
+    """Migrate to head, then add what only the benchmark uses (the synchronous baseline's
+    procedure), which the product's migrations do not carry."""
     if not reuse:
         recreate_database(database_url)
     upgrade_database(database_url)
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        baseline.install(conn)
+    engine.dispose()
 
 
 def connect(database_url: str) -> Any:
@@ -195,8 +202,14 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         # No access log: both designs pay the same, and neither pays for a line per request.
+        # The product's app with the synchronous baseline's route (bench/main.py).
         self.api = ApiProcess(
-            "api", config.log_dir, config.env(), workers=config.api_workers, access_log=False
+            "api",
+            config.log_dir,
+            config.env(),
+            workers=config.api_workers,
+            access_log=False,
+            app="bench.main:app",
         )
         self.processes: list[ManagedProcess] = []
 

@@ -156,7 +156,6 @@ class Settings(BaseSettings):
     HEALTH_TIMEOUT: float = Field(
         default=2.0, gt=0, description="seconds /health waits for each service to answer"
     )
-    ENABLE_SYNC_BASELINE: bool = False
 
     # The API's lean path (docs/configuration.md, "Lean path").
     ACCESS_LOG: bool = Field(default=True, description="one JSON line per HTTP request")
@@ -244,8 +243,6 @@ class Settings(BaseSettings):
             )
         if self.BCRYPT_ROUNDS < PRODUCTION_BCRYPT_ROUNDS:
             raise ValueError(f"BCRYPT_ROUNDS below {PRODUCTION_BCRYPT_ROUNDS} is for tests only")
-        if self.ENABLE_SYNC_BASELINE:
-            raise ValueError("ENABLE_SYNC_BASELINE is a benchmarking aid, not for production")
         return self
 
     @property

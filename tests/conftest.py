@@ -131,6 +131,16 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture(scope="session")
+def sync_baseline(engine: Engine) -> None:
+    """The bench's synchronous baseline procedure (``bench.create_booking``), which the
+    product's migrations do not carry, installed as the bench installs it."""
+    from bench import baseline
+
+    with engine.begin() as conn:
+        baseline.install(conn)
+
+
+@pytest.fixture(scope="session")
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     yield client

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from api.seats import SeatSnapshots
+from bench import baseline
 from common.bookings import procedures
 from common.bookings.intake import IntakeRequest, write_batch
 from common.bookings.models import Booking
@@ -208,10 +209,12 @@ def test_the_batch_decider(
 
 @pytest.mark.parametrize(FIELDS, CASES)
 def test_the_single_booking_procedure(
-    db, situation, waitlist, started, seats_left, max_per_user, held, quantity, verdict
-):
+    db, sync_baseline, situation, waitlist, started, seats_left, max_per_user, held, quantity,
+    verdict,
+):  # fmt: skip
+    """The benchmark's synchronous baseline (bench/create_booking.sql) books by the same rules."""
     user, event = situation(waitlist, started, seats_left, max_per_user, held)
-    outcome = procedures.create_booking(db, user.id, event.id, "bk_asked", quantity)
+    outcome = baseline.create_booking(db, user.id, event.id, "bk_asked", quantity)
     db.commit()
     # The synchronous design has no waitlist: what the rules would waitlist is sold out there.
     assert outcome == ("sold_out" if verdict == "waitlisted" else verdict)

@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from common.bookings import procedures
+from bench import baseline
 from common.settings import Settings
 from common.tasks import WEBHOOKS_QUEUE
 from common.webhooks import delivery
@@ -135,7 +135,7 @@ def outbox(db) -> list[tuple[int, str]]:
 
 
 def test_a_message_commits_with_its_decision_and_only_then(
-    client, make_user, make_event, auth, session_factory, db
+    client, make_user, make_event, auth, session_factory, db, sync_baseline
 ):
     admin, buyer = make_user("admin"), make_user()
     event = make_event(capacity=1)
@@ -144,12 +144,12 @@ def test_a_message_commits_with_its_decision_and_only_then(
         client, auth(admin), url="http://127.0.0.1:9/r", eventTypes=["booking.rejected"]
     ).json()["data"]["id"]
     with session_factory() as session:
-        procedures.create_booking(session, buyer.id, event.id, "bk-rolled-back", 1)
+        baseline.create_booking(session, buyer.id, event.id, "bk-rolled-back", 1)
         session.rollback()
     assert outbox(db) == []
     with session_factory() as session:
-        assert procedures.create_booking(session, buyer.id, event.id, "bk-1", 1) == "confirmed"
-        assert procedures.create_booking(session, buyer.id, event.id, "bk-2", 1) == "sold_out"
+        assert baseline.create_booking(session, buyer.id, event.id, "bk-1", 1) == "confirmed"
+        assert baseline.create_booking(session, buyer.id, event.id, "bk-2", 1) == "sold_out"
         session.commit()
     assert outbox(db) == [
         (everything, "booking.confirmed"),

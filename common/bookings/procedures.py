@@ -46,16 +46,6 @@ def promote_waitlist(session: Session, event_id: int, worker: str) -> list[Decis
     return [Decision.model_construct(event_id=event_id, **row) for row in rows]
 
 
-def create_booking(
-    session: Session, user_id: int, event_id: int, booking_id: str, quantity: int
-) -> str:
-    """The synchronous single-booking procedure: 'confirmed' or the rejection reason."""
-    return session.execute(
-        text("SELECT create_booking(:user_id, :event_id, :booking_id, :quantity)"),
-        {"user_id": user_id, "event_id": event_id, "booking_id": booking_id, "quantity": quantity},
-    ).scalar_one()
-
-
 def seat_invariant_violations(session: Session) -> list[dict[str, int]]:
     rows = session.execute(text("SELECT * FROM seat_invariant_violations()")).mappings()
     return [dict(row) for row in rows]
