@@ -148,3 +148,21 @@ def test_a_batch_that_only_waitlists_is_not_dropped_as_a_repeat():
     assert [m["data"]["line"]["waitlisted"] for m in sent] == [1, 2]
     _, snapshot = coalescer.snapshot(1, 4 * LINE_INTERVAL, 10.0) or ((), {})
     assert snapshot["line"]["waitlisted"] == 2
+
+
+def test_coalesced_messages_carry_every_count_of_the_batches_they_stand_for():
+    """Holds and expiries included: the organiser's page adds them up from the stream."""
+    sent: list[dict[str, Any]] = []
+    coalescer = Coalescer(INTERVAL, lambda _e, _k, message: sent.append(message), LINE_INTERVAL)
+    due = []
+    for version, counts in ((1, {"held": 2}), (2, {"held": 1, "expired": 3}), (3, {"held": 4})):
+        message = seat(version, 0, "booking_created")
+        message["data"].update({"confirmed": 0, **counts})
+        flush_at = coalescer.offer(1, message, version * INTERVAL / 10)
+        if flush_at is not None:
+            due.append(flush_at)
+    for at in due:
+        coalescer.flush(1, at)
+    totals = {n: sum(m["data"].get(n, 0) for m in sent) for n in ("held", "expired")}
+    assert totals == {"held": 7, "expired": 3}
+    assert sent[-1]["type"] == "seat_update"  # seats taken and given back in what it covers

@@ -40,9 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.bookings.line import departed, parse_cursor
+from common.bookings.messages import SEAT_COUNTS, seat_kind
 
 SEAT_TYPES = frozenset({"booking_created", "booking_cancelled", "seat_update", "line_update"})
-COUNTS = ("confirmed", "cancelled", "rejected", "waitlisted", "promoted")
+COUNTS = SEAT_COUNTS
 SNAPSHOT_FIELDS = ("eventId", "availableSeats", "seatCapacity", "version")
 
 Key = tuple[int, int, str]
@@ -62,15 +63,6 @@ def order_key(data: dict[str, Any]) -> Key | None:
         departed(cursor) if cursor is not None else -1,
         stamp if isinstance(stamp, str) else "",
     )
-
-
-def _kind(counts: dict[str, int]) -> str:
-    # The worker's rule (common.bookings.messages.seat_message), over the merged counts.
-    if counts["confirmed"] and counts["cancelled"]:
-        return "seat_update"
-    if counts["confirmed"] or counts["cancelled"]:
-        return "booking_created" if counts["confirmed"] else "booking_cancelled"
-    return "line_update"
 
 
 @dataclass(slots=True)
@@ -216,7 +208,7 @@ class Coalescer:
             return
         if batches > 1 and merged is not None:
             data = {**message["data"], **merged, "batches": batches}
-            message = {"type": _kind(merged), "data": data}
+            message = {"type": seat_kind(merged), "data": data}
         self._send(event_id, event, key, message, now)
 
     def _send(

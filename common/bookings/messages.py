@@ -15,7 +15,7 @@ waiters and to that user's sockets (as ``booking_status``, without ``userId``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -23,6 +23,21 @@ import redis
 from common.bookings.schemas import Decision
 from common.channels import decisions_channel, event_channel
 from common.pubsub import encode, now_iso
+
+# The counts a seat message carries, summed when the API coalesces messages (api/realtime).
+SEAT_COUNTS = ("confirmed", "held", "cancelled", "expired", "rejected", "waitlisted", "promoted")
+
+
+def seat_kind(counts: Mapping[str, int]) -> str:
+    """A seat message's type from its counts: one batch's, or several coalesced."""
+    # A hold takes seats as a confirmation does; an expiry gives them back as a cancellation.
+    taken = counts.get("confirmed", 0) + counts.get("held", 0)
+    freed = counts.get("cancelled", 0) + counts.get("expired", 0)
+    if taken and freed:
+        return "seat_update"
+    if taken or freed:
+        return "booking_created" if taken else "booking_cancelled"
+    return "line_update"
 
 
 def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | None:
@@ -33,14 +48,9 @@ def seat_message(decisions: Sequence[Decision]) -> tuple[str, dict[str, Any]] | 
     cancelled = sum(1 for d in decisions if d.status == "cancelled")
     expired = sum(1 for d in decisions if d.status == "expired")
     waitlisted = sum(1 for d in decisions if d.status == "waitlisted")
-    # A hold takes seats as a confirmation does; an expiry gives them back as a cancellation.
-    taken, freed = confirmed + held, cancelled + expired
-    if taken and freed:
-        kind = "seat_update"
-    elif taken or freed:
-        kind = "booking_created" if taken else "booking_cancelled"
-    else:
-        kind = "line_update"
+    kind = seat_kind(
+        {"confirmed": confirmed, "held": held, "cancelled": cancelled, "expired": expired}
+    )
     last = decisions[-1]
     return kind, {
         "eventId": last.event_id,
