@@ -163,7 +163,11 @@ def test_a_kept_alive_connection_the_receiver_dropped_costs_no_failure(serve):
     hooks = sender(f"http://{NAME}:{server.port}/", server.port)
     outcomes = [hooks.send(b"{}", {"webhook-id": f"msg_{i}"}).verdict for i in range(3)]
     assert outcomes == ["delivered"] * 3
-    assert len(server.heads) == 3
+    # A request already on its way when the receiver closes is sent again, with its id: the
+    # receiver may see it twice (it deduplicates by webhook-id), never a message lost.
+    ids = [_header(head, b"webhook-id") for head in server.heads]
+    assert set(ids) == {b"msg_0", b"msg_1", b"msg_2"}
+    assert len(ids) <= 4
 
 
 def test_keep_alive_sends_a_run_of_messages_on_one_connection(serve):
