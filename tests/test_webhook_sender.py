@@ -167,7 +167,7 @@ def test_a_kept_alive_connection_the_receiver_dropped_costs_no_failure(serve):
     # receiver may see it twice (it deduplicates by webhook-id), never a message lost.
     ids = [_header(head, b"webhook-id") for head in server.heads]
     assert set(ids) == {b"msg_0", b"msg_1", b"msg_2"}
-    assert len(ids) <= 4
+    assert all(ids.count(i) <= 2 for i in ids)  # sent again once at most
 
 
 def test_keep_alive_sends_a_run_of_messages_on_one_connection(serve):
