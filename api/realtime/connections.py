@@ -90,6 +90,15 @@ class Client:
             self.scope.cancel()
 
 
+def ready_transport(client: Client) -> asyncio.WriteTransport | None:
+    """The socket's transport when a frame may be written to it at once (nothing of its own
+    queued ahead, still open); None when the message must go through its queue."""
+    transport = client.transport
+    if client.busy or transport is None or client.close_code is not None or transport.is_closing():
+        return None
+    return transport
+
+
 class ConnectionManager:
     """Who is connected and subscribed to what; the other modules act on it."""
 
@@ -118,15 +127,10 @@ class ConnectionManager:
         """Send ``item`` to ``client``: written at once if nothing is ahead of it (nothing
         queued, nothing unsent in the transport), else queued; False (and the client dropped)
         if its queue is full. A slow reader's own messages thus wait in its queue, bounded
-        by ``WS_QUEUE_SIZE`` and ``WS_SEND_TIMEOUT`` as before."""
-        if not client.busy and isinstance(item, str):
-            transport = client.transport
-            if (
-                transport is not None
-                and client.close_code is None
-                and not transport.is_closing()
-                and not transport.get_write_buffer_size()
-            ):
+        by ``WS_QUEUE_SIZE`` and ``WS_SEND_TIMEOUT``."""
+        if isinstance(item, str):
+            transport = ready_transport(client)
+            if transport is not None and not transport.get_write_buffer_size():
                 transport.write(text_frame(item))
                 self.direct_writes += 1
                 return True
@@ -144,13 +148,8 @@ class ConnectionManager:
     def deliver(self, client: Client, text: str, frame: bytes) -> bool:
         """``offer``, with ``frame`` (the same message, framed once for every socket) for a
         socket that can take it at once."""
-        transport = client.transport
-        if (
-            client.busy
-            or transport is None
-            or client.close_code is not None
-            or transport.is_closing()
-        ):
+        transport = ready_transport(client)
+        if transport is None:
             return self.offer(client, text)
         return self._write(client, transport, frame)
 

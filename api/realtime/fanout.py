@@ -17,7 +17,7 @@ from typing import Any
 
 from api.realtime import positions
 from api.realtime.coalesce import Coalescer, Key
-from api.realtime.connections import ConnectionManager
+from api.realtime.connections import ConnectionManager, ready_transport
 from api.realtime.frames import text_frame
 from api.realtime.snapshots import resync
 
@@ -95,8 +95,9 @@ def _emit(manager: ConnectionManager, event_id: int, key: Key, message: dict[str
     frame = text_frame(text)
     limit = manager.settings.WS_WRITE_BUFFER
     written = 0
-    # The loop every seat message runs once per watcher: checks inlined (``deliver`` is the
-    # same rule), the common case being a socket with nothing queued, written at once.
+    # The loop every seat message runs once per watcher (``deliver``'s rule, with the buffer
+    # check and the count kept out of the call), the common case being a socket with nothing
+    # queued, written at once.
     for client in list(subscribers):
         floor = client.floor.get(event_id)
         if floor is not None and key <= floor:
@@ -109,13 +110,8 @@ def _emit(manager: ConnectionManager, event_id: int, key: Key, message: dict[str
                 if len(held) > manager.settings.WS_QUEUE_SIZE:
                     manager.drop(client)
                 continue
-        transport = client.transport
-        if (
-            client.busy
-            or transport is None
-            or client.close_code is not None
-            or transport.is_closing()
-        ):
+        transport = ready_transport(client)
+        if transport is None:
             manager.offer(client, text)
         elif transport.get_write_buffer_size() > limit:
             manager.drop(client)  # the kernel's buffer and ours are full: it is not reading
