@@ -94,7 +94,5 @@ def after_batch(res: Resources, batch: Sequence[Decision]) -> None:
     if time.monotonic() - _scopes[0] > SCOPES_TTL:
         with session_scope(res.session_factory) as session:
             _scopes = (time.monotonic(), deliverer.enabled_scopes(session))
-    event_id = batch[0].event_id
-    for endpoint_id, only in _scopes[1]:
-        if only is None or only == event_id:
-            kick(endpoint_id)
+    for endpoint_id in deliverer.concerned(_scopes[1], batch[0].event_id):
+        kick(endpoint_id)

@@ -27,7 +27,7 @@ from common.events.messages import publish_event_deleted, publish_event_updated
 from common.events.models import Event, EventLine
 from common.events.schemas import EventCreate, EventUpdate, SeatSnapshot
 from common.users.models import User
-from common.webhooks.deliverer import enabled_scopes
+from common.webhooks.deliverer import concerned, enabled_scopes
 
 
 def list_events(
@@ -128,7 +128,7 @@ def update_event(
         if kick_webhooks is not None:
             # Their webhook messages are in the outbox with them: send them now, not at the
             # sweeper's next run.
-            endpoints = [e for e, only in enabled_scopes(session) if only in (None, event_id)]
+            endpoints = concerned(enabled_scopes(session), event_id)
             on_commit(session, lambda: [kick_webhooks(e) for e in endpoints])
     return event
 

@@ -326,3 +326,8 @@ def enabled_scopes(session: Session) -> list[tuple[int, int | None]]:
         select(WebhookEndpoint.id, WebhookEndpoint.event_id).where(WebhookEndpoint.enabled)
     )
     return [(i, e) for i, e in rows]
+
+
+def concerned(scopes: list[tuple[int, int | None]], event_id: int) -> list[int]:
+    """The endpoints of ``scopes`` (from ``enabled_scopes``) that hear of ``event_id``."""
+    return [endpoint_id for endpoint_id, only in scopes if only is None or only == event_id]
